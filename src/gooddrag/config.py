@@ -1,0 +1,183 @@
+"""Method configurations: one frozen dataclass, named presets in a registry.
+
+Every default names its source. "official" means the GoodDrag authors' public
+implementation (ICLR 2025, arXiv 2404.07206) or, for the DragDiffusion
+baseline, DragDiffusion's (Shi et al., CVPR 2024); see docs/algorithm.md.
+
+Coordinate frames used by the spatial settings:
+- ``r1`` (motion patch radius), ``r2`` (tracking radius), ``beta`` (step length)
+  and the 2-cell stop distance are in *supervision-grid cells* (the feature map
+  resized to ``sup_res_scale`` of the working image).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import GoodDragError
+
+METHODS = ("gooddrag", "dragdiffusion")
+
+
+@dataclass(frozen=True)
+class DragConfig:
+    """All settings of one drag run. Build with :func:`get_preset` and ``dataclasses.replace``."""
+
+    method: str = "gooddrag"
+    """``"gooddrag"`` (AIDD + information-preserving loss) or ``"dragdiffusion"`` (one timestep)."""
+
+    # --- working resolution -------------------------------------------------
+    resolution: int = 512
+    """Working long side in image pixels (official: 512x512 inputs). Sides are rounded to what the UNet needs."""
+
+    # --- LoRA (docs/algorithm.md, "The shared frame" 1) ---------------------
+    lora_steps: int = 70
+    """LoRA optimisation steps; 0 = no LoRA (official GoodDrag 70, DragDiffusion 80)."""
+    lora_rank: int = 16
+    """LoRA rank on q, k, v, out of every attention layer (official 16)."""
+    lora_lr: float = 5e-4
+    """AdamW learning rate, constant schedule (official 5e-4)."""
+    lora_batch_size: int = 4
+    """Copies of the image per LoRA step, each with its own noise and timestep (official GoodDrag 4)."""
+    lora_weight_decay: float = 1e-2
+    """AdamW weight decay (official 1e-2)."""
+
+    # --- DDIM (docs/algorithm.md, "The shared frame" 2) ---------------------
+    num_inference_steps: int = 50
+    """DDIM steps of the full schedule (official 50)."""
+    inversion_strength: float = 0.75
+    """Fraction of the schedule inverted: round(0.75 * 50) = 38 steps (official GoodDrag 0.75, DragDiffusion 0.7)."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance; 1 = none (official 1)."""
+
+    # --- features (docs/algorithm.md, "The shared frame" 3) -----------------
+    feature_block: int = 3
+    """Index into [mid_block, up_blocks[0], up_blocks[1], ...] whose output is the drag feature (official 3)."""
+    sup_res_scale: float = 0.5
+    """Supervision grid = this fraction of the working image size (official 0.5)."""
+
+    # --- dragging -----------------------------------------------------------
+    drag_end_step: int = 7
+    """Number of denoising timesteps with drag work (official GoodDrag 7; DragDiffusion drags at 1)."""
+    track_per_step: int = 10
+    """Point-tracking rounds per drag timestep (official GoodDrag 10; DragDiffusion: 80, one step each)."""
+    max_drag_per_track: int = 3
+    """Optimiser steps between two trackings (official GoodDrag 3, DragDiffusion 1)."""
+    drag_loss_threshold: float = 0.0
+    """Stop a round's optimiser steps early when the drag loss falls below this; 0 = off (official 0)."""
+    max_track_no_change: int = 5
+    """Stop dragging after this many tracking rounds in a row moved no handle; 0 = off
+    (official 5 in the authors' benchmark script, 10 in their UI)."""
+    lr: float = 0.02
+    """Adam learning rate on the latent (official GoodDrag 0.02, DragDiffusion 0.01)."""
+    r1: int = 4
+    """Motion-supervision patch radius in supervision cells (official GoodDrag 4, DragDiffusion 1)."""
+    r2: int = 12
+    """Point-tracking search radius in supervision cells (official GoodDrag 12, DragDiffusion 3)."""
+    beta: float = 4.0
+    """Step length towards the target in supervision cells (official GoodDrag 4; DragDiffusion uses a unit step)."""
+    lam: float = 0.1
+    """Weight of the background term (official 0.1 benchmark script, 0.2 UI)."""
+    stop_distance: float = 2.0
+    """A handle closer than this to its target (supervision cells) is done (official 2)."""
+    information_preserving: bool = True
+    """GoodDrag's loss (compare with the ORIGINAL handle feature); False = DragDiffusion's (current handle)."""
+
+    # --- denoising (docs/algorithm.md, "The shared frame" 8) ----------------
+    mutual_attention_start_layer: int = 10
+    """Self-attention layers (counted down, mid, up) from this index on use mutual self-attention
+    (official 10, i.e. layers 10..15 of SD1.5's 16)."""
+    mutual_attention_start_step: int = 0
+    """Denoising step index from which mutual self-attention is on (official 0)."""
+
+    seed: int = 42
+    """Seed of the LoRA's noise and timesteps (the drag itself is deterministic)."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise GoodDragError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        checks = {
+            "resolution": self.resolution >= 8,
+            "lora_steps": self.lora_steps >= 0,
+            "lora_rank": self.lora_rank >= 1,
+            "lora_batch_size": self.lora_batch_size >= 1,
+            "num_inference_steps": self.num_inference_steps >= 1,
+            "inversion_strength": 0.0 < self.inversion_strength <= 1.0,
+            "drag_end_step": self.drag_end_step >= 1,
+            "track_per_step": self.track_per_step >= 1,
+            "max_drag_per_track": self.max_drag_per_track >= 1,
+            "max_track_no_change": self.max_track_no_change >= 0,
+            "lr": self.lr > 0,
+            "r1": self.r1 >= 1,
+            "r2": self.r2 >= 0,
+            "beta": self.beta > 0,
+            "lam": self.lam >= 0,
+            "sup_res_scale": 0.0 < self.sup_res_scale <= 1.0,
+            "feature_block": self.feature_block >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise GoodDragError(f"invalid setting {name}={getattr(self, name)!r}")
+        if self.drag_end_step > self.inversion_steps:
+            raise GoodDragError(
+                f"drag_end_step={self.drag_end_step} exceeds the {self.inversion_steps} inverted timesteps"
+            )
+
+    @property
+    def inversion_steps(self) -> int:
+        """Number of inverted (and later denoised) DDIM steps."""
+        return max(1, round(self.inversion_strength * self.num_inference_steps))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DragConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise GoodDragError(f"unknown setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+# Named presets: each method's own official defaults.
+PRESETS: dict[str, DragConfig] = {
+    "gooddrag": DragConfig(),
+    "dragdiffusion": DragConfig(
+        method="dragdiffusion",
+        lora_steps=80,
+        lora_batch_size=1,
+        inversion_strength=0.7,
+        drag_end_step=1,
+        track_per_step=80,
+        max_drag_per_track=1,
+        max_track_no_change=0,
+        lr=0.01,
+        r1=1,
+        r2=3,
+        beta=1.0,
+        lam=0.1,
+        information_preserving=False,
+    ),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> DragConfig:
+    """Return preset ``name`` with ``overrides`` applied (unknown names are an error)."""
+    if name not in PRESETS:
+        raise GoodDragError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    base = PRESETS[name]
+    names = {f.name for f in dataclasses.fields(DragConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise GoodDragError(f"unknown setting(s): {', '.join(unknown)}")
+    return dataclasses.replace(base, **overrides)
+
+
+__all__ = ["DragConfig", "PRESETS", "METHODS", "get_preset"]

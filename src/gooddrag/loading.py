@@ -1,0 +1,163 @@
+"""Loading a Stable Diffusion backbone the real way: hub id, local diffusers folder or single file.
+
+The kind of source is decided by what the string *is* on disk (an existing
+folder, an existing file) and otherwise treated as a hub id; never guessed
+from its name. Errors a user can cause become :class:`GoodDragError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import GoodDragError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+"""Maintained mirror of the removed ``runwayml/stable-diffusion-v1-5`` (docs/algorithm.md)."""
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda, else mps, else cpu; an explicit device must be available."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise GoodDragError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GoodDragError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise GoodDragError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise GoodDragError(f"device {device!r} asked for but MPS is not available here; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise GoodDragError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype == "fp16" and device.type == "cpu":
+        raise GoodDragError("dtype fp16 is not supported on the CPU; use fp32 or bf16")
+    return DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model string refers to: ``kind`` is "folder", "file" or "hub"."""
+
+    kind: str
+    location: str
+
+    @property
+    def cache_key(self) -> str:
+        """Identity of the weights for caches: hub id, or resolved path + size + mtime."""
+        if self.kind == "hub":
+            return f"hub:{self.location}"
+        p = Path(self.location)
+        stat_target = p / "unet" if p.is_dir() and (p / "unet").is_dir() else p
+        files = sorted(stat_target.rglob("*")) if stat_target.is_dir() else [stat_target]
+        sig = ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files if f.is_file())
+        return f"{self.kind}:{p.resolve()}:{sig}"
+
+
+def classify_source(model: str) -> ModelSource:
+    """Decide whether ``model`` is a local folder, a local file or a hub id."""
+    p = Path(os.path.expanduser(model))
+    if p.is_dir():
+        return ModelSource("folder", str(p))
+    if p.is_file():
+        if p.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise GoodDragError(
+                f"model file {model!r} is not a checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)})"
+            )
+        return ModelSource("file", str(p))
+    looks_local = model.startswith((".", "/", "~")) or p.suffix.lower() in SINGLE_FILE_SUFFIXES or model.count("/") > 1
+    if looks_local:
+        raise GoodDragError(f"model {model!r}: no such file or folder")
+    return ModelSource("hub", model)
+
+
+def _offline_hint(what: str, name: str, err: Exception) -> GoodDragError:
+    return GoodDragError(
+        f"cannot load {what} {name!r} ({type(err).__name__}): it is not in the local Hugging Face cache and the hub "
+        f"cannot be reached; pass a local diffusers folder or a single-file .safetensors/.ckpt checkpoint instead"
+    )
+
+
+def _load_vae(vae: str, dtype: torch.dtype, vae_config: str | None):
+    from diffusers import AutoencoderKL
+
+    source = classify_source(vae)
+    try:
+        if source.kind == "file":
+            kwargs = {"config": vae_config} if vae_config else {}
+            return AutoencoderKL.from_single_file(source.location, torch_dtype=dtype, **kwargs)
+        if source.kind == "folder" and (Path(source.location) / "vae").is_dir():
+            return AutoencoderKL.from_pretrained(source.location, subfolder="vae", torch_dtype=dtype)
+        return AutoencoderKL.from_pretrained(source.location, torch_dtype=dtype)
+    except GoodDragError:
+        raise
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise _offline_hint("VAE", vae, err) if source.kind == "hub" else GoodDragError(
+            f"cannot load VAE {vae!r}: {str(err).splitlines()[0]}"
+        ) from None
+
+
+def load_components(
+    model: str = DEFAULT_MODEL,
+    *,
+    vae: str | None = None,
+    model_config: str | None = None,
+    vae_config: str | None = None,
+    dtype: torch.dtype = torch.float32,
+):
+    """Load a ``StableDiffusionPipeline`` (on the CPU, in ``dtype``) and return it with its source.
+
+    model: hub id, local diffusers folder or single-file checkpoint. For a
+    single file, ``model_config`` (a diffusers folder or hub id) gives the
+    component configs; without it diffusers infers them from the checkpoint's
+    keys and fetches them from the hub (or its local cache).
+    vae: optional separate VAE (hub id, folder or single file).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    source = classify_source(model)
+    kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    try:
+        if source.kind == "file":
+            if model_config:
+                kwargs["config"] = model_config
+            pipe = StableDiffusionPipeline.from_single_file(source.location, **kwargs)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(source.location, **kwargs)
+    except GoodDragError:
+        raise
+    except (OSError, ValueError, EnvironmentError) as err:
+        if source.kind == "hub" or (source.kind == "file" and not model_config):
+            if source.kind == "file":
+                raise GoodDragError(
+                    f"cannot load the configs for single-file checkpoint {model!r} offline "
+                    f"({type(err).__name__}); pass --model-config with a local diffusers folder of the same model"
+                ) from None
+            raise _offline_hint("model", model, err) from None
+        raise GoodDragError(f"cannot load model {model!r}: {str(err).splitlines()[0]}") from None
+    if vae is not None:
+        pipe.vae = _load_vae(vae, dtype, vae_config)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    return pipe, source

@@ -1,0 +1,164 @@
+"""LoRA fine-tuning of the UNet on the single input image (peft through diffusers).
+
+docs/algorithm.md, "The shared frame" 1: rank 16 on the q, k, v and out
+projections of every attention layer, AdamW (lr 5e-4, weight decay 1e-2,
+constant), eps-prediction MSE (velocity for v-prediction models) at uniformly
+random training timesteps. A LoRA is tied to one image, one base model and
+one set of settings: it is cached under a key made of all three.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+
+from .config import DragConfig
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_NAME = "gooddrag"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def default_cache_dir() -> Path:
+    """``$GOODDRAG_CACHE`` or ``$XDG_CACHE_HOME/gooddrag`` (``~/.cache/gooddrag``), sub-folder ``lora``."""
+    root = os.environ.get("GOODDRAG_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "gooddrag"
+    )
+    return Path(root) / "lora"
+
+
+def lora_settings(config: DragConfig, prompt: str) -> dict:
+    """The settings a LoRA depends on (beyond the image and the base model)."""
+    return {
+        "steps": config.lora_steps,
+        "rank": config.lora_rank,
+        "lr": config.lora_lr,
+        "batch_size": config.lora_batch_size,
+        "weight_decay": config.lora_weight_decay,
+        "seed": config.seed,
+        "prompt": prompt,
+        "target_modules": TARGET_MODULES,
+    }
+
+
+def lora_cache_key(image_sha256: str, model_key: str, settings: dict) -> str:
+    """Hex key of (image content hash, base model, LoRA settings)."""
+    blob = json.dumps({"image": image_sha256, "model": model_key, "lora": settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def add_lora(unet, rank: int) -> None:
+    """Attach a fresh (trainable) LoRA adapter named ``ADAPTER_NAME`` to ``unet``."""
+    unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=TARGET_MODULES),
+        adapter_name=ADAPTER_NAME,
+    )
+
+
+def remove_lora(unet) -> None:
+    """Detach our adapter, if any, so the UNet is the base model again."""
+    if ADAPTER_NAME in getattr(unet, "peft_config", {}):
+        unet.delete_adapters(ADAPTER_NAME)
+
+
+def save_lora(unet, folder: Path, metadata: dict) -> Path:
+    """Write the adapter as ``folder/pytorch_lora_weights.safetensors`` (+ ``lora.json``), atomically."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    try:
+        unet.save_lora_adapter(tmp, adapter_name=ADAPTER_NAME, upcast_before_saving=False, weight_name=LORA_FILE)
+        (tmp / "lora.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
+        if folder.exists():
+            shutil.rmtree(tmp)  # another process finished first: keep theirs
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder / LORA_FILE
+
+
+def load_lora(unet, path: Path) -> None:
+    """Attach a saved adapter (a folder holding ``pytorch_lora_weights.safetensors`` or the file)."""
+    path = Path(path)
+    folder, name = (path.parent, path.name) if path.is_file() else (path, LORA_FILE)
+    remove_lora(unet)
+    unet.load_lora_adapter(
+        str(folder), weight_name=name, prefix=None, adapter_name=ADAPTER_NAME, local_files_only=True
+    )
+
+
+def train_lora(
+    unet,
+    latent_dist,
+    text_embeddings: torch.Tensor,
+    scheduler,
+    config: DragConfig,
+    generator: torch.Generator,
+    scaling_factor: float,
+    step_callback: Callable[[int, int, float], None] | None = None,
+) -> list[float]:
+    """Fine-tune a fresh LoRA on one image; returns the loss per step (floats).
+
+    latent_dist: the VAE's ``DiagonalGaussianDistribution`` of the (1, 3, H, W)
+    image; text_embeddings: (1, L, D). Noise, timesteps and latent samples are
+    drawn from ``generator`` (a CPU generator, so runs repeat across devices).
+    """
+    from diffusers.training_utils import cast_training_params
+
+    device = text_embeddings.device
+    model_dtype = unet.dtype
+    remove_lora(unet)
+    add_lora(unet, config.lora_rank)
+    cast_training_params(unet, dtype=torch.float32)  # fp32 master weights under fp16/bf16 models
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lora_lr, weight_decay=config.lora_weight_decay)
+    num_train = scheduler.config.num_train_timesteps
+    prediction_type = scheduler.config.prediction_type
+    bsz = config.lora_batch_size
+    mean, std = latent_dist.mean.float(), latent_dist.std.float()  # (1, 4, h, w)
+    cond = text_embeddings.expand(bsz, -1, -1)
+    autocast = torch.autocast(device.type, dtype=model_dtype, enabled=model_dtype != torch.float32)
+    losses: list[float] = []
+    unet.train()
+    for step in range(config.lora_steps):
+        shape = (bsz, *mean.shape[1:])
+        eps_latent = torch.randn(shape, generator=generator).to(device)
+        latents = (mean + std * eps_latent) * scaling_factor  # (B, 4, h, w)
+        noise = torch.randn(shape, generator=generator).to(device)
+        timesteps = torch.randint(0, num_train, (bsz,), generator=generator).to(device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        if prediction_type == "epsilon":
+            target = noise
+        elif prediction_type == "v_prediction":
+            target = scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+        with autocast:
+            pred = unet(noisy.to(model_dtype), timesteps, encoder_hidden_states=cond.to(model_dtype)).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_value = loss.detach()
+        losses.append(loss_value)
+        if step_callback is not None:
+            step_callback(step, config.lora_steps, loss_value)
+    unet.eval()
+    for p in params:
+        p.requires_grad_(False)
+    if model_dtype != torch.float32:
+        for p in params:
+            p.data = p.data.to(model_dtype)
+    return [float(v) for v in torch.stack(losses).cpu()] if losses else []
