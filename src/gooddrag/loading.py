@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,22 +100,38 @@ def _offline_hint(what: str, name: str, err: Exception) -> GoodDragError:
 
 
 def _load_vae(vae: str, dtype: torch.dtype, vae_config: str | None):
-    from diffusers import AutoencoderKL
-
     source = classify_source(vae)
     try:
-        if source.kind == "file":
-            kwargs = {"config": vae_config} if vae_config else {}
-            return AutoencoderKL.from_single_file(source.location, torch_dtype=dtype, **kwargs)
-        if source.kind == "folder" and (Path(source.location) / "vae").is_dir():
-            return AutoencoderKL.from_pretrained(source.location, subfolder="vae", torch_dtype=dtype)
-        return AutoencoderKL.from_pretrained(source.location, torch_dtype=dtype)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            return _load_vae_source(source, dtype, vae_config)
     except GoodDragError:
         raise
-    except (OSError, ValueError, EnvironmentError) as err:
-        raise _offline_hint("VAE", vae, err) if source.kind == "hub" else GoodDragError(
-            f"cannot load VAE {vae!r}: {str(err).splitlines()[0]}"
-        ) from None
+    except (OSError, ValueError) as err:
+        if source.kind == "hub" or (source.kind == "file" and not vae_config):
+            raise _offline_hint("VAE", vae, err) from None
+        raise GoodDragError(f"cannot load VAE {vae!r}: {str(err).splitlines()[0]}") from None
+
+
+def _load_vae_source(source: ModelSource, dtype: torch.dtype, vae_config: str | None):
+    from diffusers import AutoencoderKL
+
+    if source.kind == "file":
+        kwargs = {"config": vae_config} if vae_config else {}
+        return AutoencoderKL.from_single_file(source.location, torch_dtype=dtype, **kwargs)
+    if source.kind == "folder" and (Path(source.location) / "vae").is_dir():
+        return AutoencoderKL.from_pretrained(source.location, subfolder="vae", torch_dtype=dtype)
+    return AutoencoderKL.from_pretrained(source.location, torch_dtype=dtype)
+
+
+def _from_source(source: ModelSource, kwargs: dict, model_config: str | None):
+    from diffusers import StableDiffusionPipeline
+
+    if source.kind == "file":
+        if model_config:
+            kwargs = kwargs | {"config": model_config}
+        return StableDiffusionPipeline.from_single_file(source.location, **kwargs)
+    return StableDiffusionPipeline.from_pretrained(source.location, **kwargs)
 
 
 def load_components(
@@ -133,20 +150,16 @@ def load_components(
     keys and fetches them from the hub (or its local cache).
     vae: optional separate VAE (hub id, folder or single file).
     """
-    from diffusers import StableDiffusionPipeline
-
     source = classify_source(model)
     kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
     try:
-        if source.kind == "file":
-            if model_config:
-                kwargs["config"] = model_config
-            pipe = StableDiffusionPipeline.from_single_file(source.location, **kwargs)
-        else:
-            pipe = StableDiffusionPipeline.from_pretrained(source.location, **kwargs)
+        with warnings.catch_warnings():
+            # diffusers >= 0.36 renames torch_dtype to dtype; older ones only know torch_dtype.
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipe = _from_source(source, kwargs, model_config)
     except GoodDragError:
         raise
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError) as err:
         if source.kind == "hub" or (source.kind == "file" and not model_config):
             if source.kind == "file":
                 raise GoodDragError(

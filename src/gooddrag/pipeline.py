@@ -37,6 +37,7 @@ from .ddim import DDIMSchedule, ddim_step, make_schedule
 from .errors import GoodDragError
 from .features import FeatureHook
 from .loading import DEFAULT_MODEL, ModelSource, load_components, resolve_device, resolve_dtype
+from .samples import check_points
 from .motion import (
     MOTION_LOSSES,
     active_pairs,
@@ -129,15 +130,6 @@ class PreparedInputs:
     mask: torch.Tensor  # (1, 1, h_lat, w_lat) float, 1 = editable
 
 
-def _as_points(points, name: str) -> np.ndarray:
-    arr = np.asarray(points, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise GoodDragError(f"{name} must be a list of (x, y) pairs, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise GoodDragError(f"{name} contain a non-finite coordinate")
-    return arr
-
-
 class DragPipeline:
     """Drag editing on a Stable Diffusion 1.x/2.x backbone.
 
@@ -210,21 +202,7 @@ class DragPipeline:
             raise GoodDragError(f"image must be a PIL image, got {type(image).__name__}")
         image = image.convert("RGB")
         W, H = image.size
-        handles = _as_points(handle_points, "handle points")
-        targets = _as_points(target_points, "target points")
-        if len(handles) == 0:
-            raise GoodDragError("no points given: at least one handle and one target are needed")
-        if len(handles) != len(targets):
-            raise GoodDragError(f"{len(handles)} handle point(s) but {len(targets)} target point(s)")
-        for kind, pts in (("handle", handles), ("target", targets)):
-            for i, (x, y) in enumerate(pts):
-                if not (0 <= x < W and 0 <= y < H):
-                    raise GoodDragError(
-                        f"{kind} point {i + 1} ({x:g}, {y:g}) is outside the {W}x{H} image"
-                    )
-        for i, (h, t) in enumerate(zip(handles, targets)):
-            if np.allclose(h, t):
-                raise GoodDragError(f"handle point {i + 1} ({h[0]:g}, {h[1]:g}) equals its target")
+        handles, targets = check_points(handle_points, target_points, (H, W))
 
         working = geometry.working_size(H, W, config.resolution, self.size_multiple)
         sup = geometry.sup_grid_size(working, config.sup_res_scale)
@@ -239,9 +217,13 @@ class DragPipeline:
             mask_arr = np.asarray(mask)
             if mask_arr.ndim != 2:
                 raise GoodDragError(f"mask must be a 2-D array, got shape {mask_arr.shape}")
-            if mask_arr.shape != (H, W):
-                raise GoodDragError(f"mask is {mask_arr.shape[1]}x{mask_arr.shape[0]} but the image is {W}x{H}")
             mask_t = torch.as_tensor(mask_arr > 0, dtype=torch.float32)
+            if mask_arr.shape != (H, W):
+                logger.warning(
+                    "mask is %dx%d but the image is %dx%d: resized to the image (nearest neighbour)",
+                    mask_arr.shape[1], mask_arr.shape[0], W, H,
+                )
+                mask_t = geometry.resize_mask(mask_t, (H, W))[0, 0]
             if mask_t.sum() == 0:  # empty mask: everything may change (docs/algorithm.md, "The task")
                 mask_t = torch.ones(H, W)
         return PreparedInputs(
