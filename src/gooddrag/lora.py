@@ -22,6 +22,7 @@ import torch
 from peft import LoraConfig
 
 from .config import DragConfig
+from .errors import GoodDragError
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ def load_lora(unet, path: Path) -> None:
     """Attach a saved adapter (a folder holding ``pytorch_lora_weights.safetensors`` or the file)."""
     path = Path(path)
     folder, name = (path.parent, path.name) if path.is_file() else (path, LORA_FILE)
+    if not (folder / name).is_file():
+        raise GoodDragError(f"LoRA {str(path)!r}: no such file (expected a .safetensors file or a folder with {LORA_FILE})")
     remove_lora(unet)
     unet.load_lora_adapter(
         str(folder), weight_name=name, prefix=None, adapter_name=ADAPTER_NAME, local_files_only=True

@@ -141,14 +141,14 @@ def check_points(handle_points, target_points, image_size: tuple[int, int]) -> t
     arrays = []
     for name, pts in (("handle", handle_points), ("target", target_points)):
         arr = np.asarray(pts, dtype=np.float64)
+        if arr.size == 0:
+            raise GoodDragError("no points given: at least one handle and one target are needed")
         if arr.ndim != 2 or arr.shape[1] != 2:
             raise GoodDragError(f"{name} points must be a list of (x, y) pairs, got shape {arr.shape}")
         if not np.isfinite(arr).all():
             raise GoodDragError(f"{name} points contain a non-finite coordinate")
         arrays.append(arr)
     handles, targets = arrays
-    if len(handles) == 0:
-        raise GoodDragError("no points given: at least one handle and one target are needed")
     if len(handles) != len(targets):
         raise GoodDragError(f"{len(handles)} handle point(s) but {len(targets)} target point(s)")
     for kind, pts in (("handle", handles), ("target", targets)):

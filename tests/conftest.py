@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny SD-shaped model saved with ``save_pretrained`` and loaded
+back through our loader, offline; small settings so the engine runs in seconds."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Offline and with an empty Hugging Face cache, before anything imports huggingface_hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_CACHE", tempfile.mkdtemp(prefix="gooddrag-hf-cache-"))
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from gooddrag import DragPipeline  # noqa: E402
+from gooddrag.testing import save_tiny_pipeline  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model_dir) -> DragPipeline:
+    return DragPipeline.from_pretrained(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _lora_cache(tmp_path, monkeypatch):
+    """Each test gets its own LoRA cache (never the user's ~/.cache)."""
+    monkeypatch.setenv("GOODDRAG_CACHE", str(tmp_path / "gooddrag-cache"))

@@ -1,0 +1,119 @@
+"""End-to-end runs of the engine on the tiny model: the AIDD loop does the work the
+config says (counted), the DragDiffusion preset drags at one timestep, early stops,
+repeatability, any input size."""
+
+import numpy as np
+import pytest
+
+from gooddrag import PRESETS, GoodDragError, StepEvent
+from tests.helpers import POINTS, make_image, make_mask, tiny_config
+
+
+def run(pipe, config, image=None, handles=(POINTS[0],), targets=(POINTS[1],), **kw):
+    image = image or make_image()
+    return pipe(image, list(handles), list(targets), mask=kw.pop("mask", make_mask()), config=config,
+                progress=False, **kw)
+
+
+def test_aidd_runs_the_configured_drag_and_tracking_steps(tiny_pipe):
+    # stop_distance 0 and max_track_no_change 0: no early stop, the full budget runs
+    cfg = tiny_config(drag_end_step=3, track_per_step=4, max_drag_per_track=2, stop_distance=0.0,
+                      max_track_no_change=0)
+    events = []
+    res = run(tiny_pipe, cfg, callback=events.append)
+    assert res.stats.stop_reason == "budget"
+    assert res.stats.drag_timesteps == 3
+    assert res.stats.drag_steps_per_timestep == [8, 8, 8]  # 4 rounds x 2 optimiser steps
+    assert res.stats.drag_steps == 24
+    assert res.stats.tracking_steps == 12  # one per round (3 x 4)
+    phases = [e.phase for e in events]
+    assert phases.count("drag") == 12
+    assert phases.count("inversion") == cfg.inversion_steps == 8
+    assert phases.count("denoise") == 8
+    assert all(isinstance(e, StepEvent) for e in events)
+    last_drag = [e for e in events if e.phase == "drag"][-1]
+    assert np.allclose(last_drag.handle_points, res.handle_points)
+
+
+def test_dragdiffusion_preset_drags_at_one_timestep_only(tiny_pipe):
+    cfg = tiny_config("dragdiffusion", drag_end_step=1, track_per_step=6, max_drag_per_track=1, stop_distance=0.0)
+    assert PRESETS["dragdiffusion"].drag_end_step == 1 and PRESETS["dragdiffusion"].max_drag_per_track == 1
+    res = run(tiny_pipe, cfg)
+    assert res.stats.drag_timesteps == 1
+    assert res.stats.drag_steps_per_timestep == [6]
+    assert res.stats.tracking_steps == 6
+
+
+def test_stops_when_tracking_does_not_move(tiny_pipe):
+    # r2 = 0: tracking can never move a handle, so the no-change stop fires after 2 rounds
+    cfg = tiny_config(r2=0, max_track_no_change=2, track_per_step=10, max_drag_per_track=3, drag_end_step=3)
+    res = run(tiny_pipe, cfg)
+    assert res.stats.stop_reason == "no_change"
+    assert res.stats.tracking_steps == 2
+    assert res.stats.drag_steps == 6  # rounds 1 and 2 ran; round 3's tracking stopped the drag
+    assert res.stats.drag_steps_per_timestep == [6]
+
+
+def test_stops_when_handles_reach_targets(tiny_pipe):
+    # 2 px apart on the 128-px working image = 1 supervision cell < stop distance 2
+    cfg = tiny_config(r2=0, track_per_step=10)
+    res = run(tiny_pipe, cfg, handles=[[40, 40]], targets=[[42, 40]])
+    assert res.stats.stop_reason == "reached"
+    assert res.stats.tracking_steps == 1
+
+
+def test_same_seed_same_image_and_lora_seed_matters(tiny_pipe):
+    cfg = tiny_config(lora_steps=2, lora_batch_size=1)
+    a = np.asarray(run(tiny_pipe, cfg).image)
+    b = np.asarray(run(tiny_pipe, cfg).image)
+    assert np.array_equal(a, b)
+
+
+def test_any_input_size_comes_back_at_that_size(tiny_pipe):
+    image = make_image(150, 70)  # aspect 2.1: working size 64 x 128
+    res = run(tiny_pipe, tiny_config(), image=image, mask=None, handles=[[30, 30]], targets=[[90, 40]],
+              return_trajectory=True)
+    assert res.image.size == (150, 70)
+    assert res.working_size == (64, 128)
+    assert res.handle_points.shape == (1, 2)
+    assert (0 <= res.handle_points[:, 0]).all() and (res.handle_points[:, 0] <= 150).all()
+    assert len(res.trajectory) == tiny_config().drag_end_step + 2
+    assert all(f.size == (150, 70) for f in res.trajectory)
+    assert set(res.timings) >= {"lora", "inversion", "drag", "denoise", "decode", "total"}
+
+
+def test_mask_of_another_size_is_resized_with_a_warning(tiny_pipe, caplog):
+    small = make_mask(48, 40)
+    with caplog.at_level("WARNING", logger="gooddrag.pipeline"):
+        inputs = tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], small, tiny_config())
+    assert "resized" in caplog.text
+    assert inputs.mask.shape == (1, 1, 16, 16)
+
+
+def test_empty_mask_means_everything_may_change(tiny_pipe):
+    inputs = tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], np.zeros((80, 96), bool), tiny_config())
+    assert inputs.mask.min().item() == 1.0
+
+
+def test_point_frames_at_the_boundary(tiny_pipe):
+    inputs = tiny_pipe.check_inputs(make_image(), [[48, 40]], [[95, 0]], None, tiny_config())
+    # 96x80 -> working 128x128 -> supervision 64x64: row = round(40/80*128 * 64/128) = 32
+    assert inputs.working_size == (128, 128) and inputs.sup_size == (64, 64)
+    assert inputs.handle_points.tolist() == [[32.0, 32.0]]
+    assert inputs.target_points.tolist() == [[0.0, round(95 / 96 * 64)]]
+
+
+@pytest.mark.parametrize("handles,targets,match", [
+    ([[200, 10]], [[10, 10]], "outside"),
+    ([[10, 10]], [[10, 10]], "equals its target"),
+    ([[10, 10], [20, 20]], [[30, 30]], "2 handle point"),
+    ([], [], "no points"),
+])
+def test_bad_points_are_refused(tiny_pipe, handles, targets, match):
+    with pytest.raises(GoodDragError, match=match):
+        tiny_pipe.check_inputs(make_image(), handles, targets, None, tiny_config())
+
+
+def test_feature_block_out_of_range_is_a_clear_error(tiny_pipe):
+    with pytest.raises(GoodDragError, match="feature_block=9"):
+        run(tiny_pipe, tiny_config(feature_block=9))
