@@ -19,6 +19,19 @@ from gooddrag import DragPipeline  # noqa: E402
 from gooddrag.testing import save_tiny_pipeline  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """On small VMs (2 cores here and in CI) torch's 2-thread OpenMP regions can
+    cost milliseconds each to wake up, which makes the tiny model up to ~100x
+    slower. Results do not depend on it in our tests, so run on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")

@@ -58,12 +58,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 def _add_input_options(p: argparse.ArgumentParser, points: bool = True) -> None:
     p.add_argument("sample", nargs="?", default=None,
                    help="sample folder in Drag100 (original.jpg, mask.png, points.json) or "
-                        "DragBench (original_image.png, meta_data.pkl) layout; or use --image")
+                        "DragBench (original_image.png, meta_data.pkl) layout (default: none; use --image)")
     g = p.add_argument_group("inputs (instead of a sample folder)")
-    g.add_argument("--image", default=None, help="input image file")
+    g.add_argument("--image", default=None, help="input image file (default: none)")
     if points:
         g.add_argument("--mask", default=None, help="mask image, white = may change (default: everything may change)")
-        g.add_argument("--points", default=None, help="'x,y>x,y; x,y>x,y': handle > target pairs in image pixels")
+        g.add_argument("--points", default=None, help="'x,y>x,y; x,y>x,y': handle > target pairs in image pixels (default: none; required with --image)")
     g.add_argument("--prompt", default=None, help="text prompt (default: the sample's, else empty)")
 
 
@@ -76,7 +76,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         g.add_argument(flag, dest=name, type=typ, default=None, help=f"{text} (default: {values})")
     g.add_argument("--seed", type=int, default=PRESETS["gooddrag"].seed,
                    help="seed of the LoRA's noise and timesteps (default: %(default)s)")
-    g.add_argument("--lora", default=None, help="use this LoRA (folder or .safetensors) instead of the cached/trained one")
+    g.add_argument("--lora", default=None,
+                   help="use this LoRA (folder or .safetensors) (default: the cached one, else one trained now)")
     g.add_argument("--lora-cache-dir", default=None,
                    help="where trained LoRAs are cached (default: $GOODDRAG_CACHE/lora or ~/.cache/gooddrag/lora)")
 
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gooddrag",
         description="Drag editing of images with diffusion models (GoodDrag, ICLR 2025; DragDiffusion baseline).",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does (default: warnings only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     edit = sub.add_parser("edit", help="drag the content under handle points to target points",
@@ -117,7 +118,7 @@ def _config_from_args(args) -> DragConfig:
 
 
 def _load_inputs(args, need_points: bool = True):
-    from .samples import Sample, check_points, load_image, load_mask, load_sample, parse_points
+    from .samples import Sample, check_points, fit_mask, load_image, load_mask, load_sample, parse_points
 
     if args.sample and args.image:
         raise GoodDragError("give either a sample folder or --image, not both")
@@ -141,7 +142,10 @@ def _load_inputs(args, need_points: bool = True):
     else:
         raise GoodDragError("no input: give a sample folder or --image (see gooddrag edit --help)")
     if need_points:
-        check_points(sample.handle_points, sample.target_points, (sample.image.height, sample.image.width))
+        size = (sample.image.height, sample.image.width)
+        check_points(sample.handle_points, sample.target_points, size)
+        if sample.mask is not None:
+            sample.mask = fit_mask(sample.mask, size)
     return sample
 
 
@@ -184,6 +188,7 @@ def cmd_edit(args) -> int:
             "model_config": args.model_config, "vae": args.vae, "device": str(pipe.device), "dtype": args.dtype,
             "prediction_type": pipe.scheduler.config.prediction_type,
         },
+        argv=["gooddrag", *args.argv],
     )
     write_result_folder(out, input_image=sample.image, result=result, mask=sample.mask,
                         run_record=record, overwrite=args.overwrite)
@@ -223,6 +228,7 @@ def cmd_lora(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s"
     )

@@ -37,7 +37,7 @@ from .ddim import DDIMSchedule, ddim_step, make_schedule
 from .errors import GoodDragError
 from .features import FeatureHook
 from .loading import DEFAULT_MODEL, ModelSource, load_components, resolve_device, resolve_dtype
-from .samples import check_points
+from .samples import check_points, fit_mask
 from .motion import (
     MOTION_LOSSES,
     active_pairs,
@@ -217,13 +217,7 @@ class DragPipeline:
             mask_arr = np.asarray(mask)
             if mask_arr.ndim != 2:
                 raise GoodDragError(f"mask must be a 2-D array, got shape {mask_arr.shape}")
-            mask_t = torch.as_tensor(mask_arr > 0, dtype=torch.float32)
-            if mask_arr.shape != (H, W):
-                logger.warning(
-                    "mask is %dx%d but the image is %dx%d: resized to the image (nearest neighbour)",
-                    mask_arr.shape[1], mask_arr.shape[0], W, H,
-                )
-                mask_t = geometry.resize_mask(mask_t, (H, W))[0, 0]
+            mask_t = torch.as_tensor(fit_mask(mask_arr > 0, (H, W)), dtype=torch.float32)
             if mask_t.sum() == 0:  # empty mask: everything may change (docs/algorithm.md, "The task")
                 mask_t = torch.ones(H, W)
         return PreparedInputs(

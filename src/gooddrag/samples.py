@@ -54,6 +54,8 @@ def load_image(path: str | Path) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             return im.convert("RGB")
+    except Image.DecompressionBombError:
+        raise GoodDragError(f"image {str(path)!r} has too many pixels (over {Image.MAX_IMAGE_PIXELS})") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise GoodDragError(f"image {str(path)!r} cannot be read as an image ({type(err).__name__})") from None
 
@@ -84,6 +86,8 @@ def load_mask(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             arr = np.array(im.convert("L") if im.mode in ("1", "P", "LA", "I", "I;16") else im)
+    except Image.DecompressionBombError:
+        raise GoodDragError(f"mask {str(path)!r} has too many pixels (over {Image.MAX_IMAGE_PIXELS})") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise GoodDragError(f"mask {str(path)!r} cannot be read as an image ({type(err).__name__})") from None
     if arr.ndim == 3 and arr.shape[-1] == 4:
@@ -130,6 +134,19 @@ def split_point_list(points, what: str) -> tuple[np.ndarray, np.ndarray]:
     if len(arr) % 2:
         raise GoodDragError(f"points in {what}: odd number of points ({len(arr)}); they alternate handle, target")
     return arr[0::2], arr[1::2]
+
+
+def fit_mask(mask: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """A bool mask resized to ``image_size`` = (H, W) by nearest neighbour, with a
+    warning when its size differs (the user should know their mask was changed)."""
+    H, W = image_size
+    if mask.shape == (H, W):
+        return mask
+    logger.warning(
+        "mask is %dx%d but the image is %dx%d: resized to the image (nearest neighbour)",
+        mask.shape[1], mask.shape[0], W, H,
+    )
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((W, H), Image.NEAREST)) > 0
 
 
 def check_points(handle_points, target_points, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -179,6 +196,8 @@ class _NumpyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"), ("numpy", "float64"), ("numpy", "int64"),
         ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"), ("codecs", "encode"),
+        ("_codecs", "encode"),  # how pickle protocols 0-2 store bytes
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5 arrays
     }
 
     def find_class(self, module, name):
@@ -214,8 +233,10 @@ def load_sample(folder: str | Path) -> Sample:
         try:
             meta = _NumpyUnpickler(io.BytesIO(meta_path.read_bytes())).load()
             points = meta["points"]
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, AttributeError, ValueError, IndexError) as err:
-            raise GoodDragError(f"{str(meta_path)!r} is not a DragBench meta_data.pkl ({err})") from None
+        except Exception as err:  # noqa: BLE001 - any failure to unpickle means a bad file
+            raise GoodDragError(
+                f"{str(meta_path)!r} is not a DragBench meta_data.pkl ({type(err).__name__}: {str(err)[:100]})"
+            ) from None
         handles, targets = split_point_list(points, repr(str(meta_path)))
         mask = meta.get("mask")
         mask = mask_from_array(np.asarray(mask), f"in {str(meta_path)!r}") if mask is not None else None
