@@ -117,3 +117,24 @@ def test_bad_points_are_refused(tiny_pipe, handles, targets, match):
 def test_feature_block_out_of_range_is_a_clear_error(tiny_pipe):
     with pytest.raises(GoodDragError, match="feature_block=9"):
         run(tiny_pipe, tiny_config(feature_block=9))
+
+
+def test_v_prediction_model_runs_end_to_end(tiny_model_dir, tmp_path):
+    """An SD2-style v-prediction model: the scheduler config says so, and LoRA
+    training (velocity target), inversion, drag and denoising all use it."""
+    import json
+    import shutil
+
+    from gooddrag import DragPipeline
+
+    folder = tmp_path / "tiny-v"
+    shutil.copytree(tiny_model_dir, folder)
+    cfg_path = folder / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps(cfg | {"prediction_type": "v_prediction"}))
+    pipe = DragPipeline.from_pretrained(str(folder), device="cpu")
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    res = run(pipe, tiny_config(lora_steps=2, lora_batch_size=1), lora_cache_dir=tmp_path / "cache")
+    assert res.lora["source"] == "trained" and np.isfinite(res.lora["final_loss"])
+    assert res.stats.drag_steps > 0
+    assert np.asarray(res.image).std() > 0
