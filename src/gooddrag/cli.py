@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import PRESETS, DragConfig, get_preset
+from .config import METHODS, PRESETS, DragConfig, get_preset
 from .errors import GoodDragError
 
 # (flag, DragConfig field, type, one-line help). Defaults are the chosen
@@ -69,10 +69,13 @@ def _add_input_options(p: argparse.ArgumentParser, points: bool = True) -> None:
 
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method settings (default: the --method preset's value)")
-    g.add_argument("--method", default="gooddrag", choices=list(PRESETS),
-                   help="gooddrag (AIDD + information-preserving loss) or the dragdiffusion baseline (default: %(default)s)")
+    g.add_argument("--method", default=None, choices=list(METHODS),
+                   help="gooddrag (AIDD + information-preserving loss) or the dragdiffusion baseline "
+                        "(default: the preset's, else gooddrag)")
+    g.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="named settings; shapes-* are for the shipped shapes-64 model (default: the method's name)")
     for flag, name, typ, text in METHOD_SETTINGS:
-        values = ", ".join(f"{m} {getattr(cfg, name)}" for m, cfg in PRESETS.items())
+        values = ", ".join(f"{m} {getattr(PRESETS[m], name)}" for m in METHODS)
         g.add_argument(flag, dest=name, type=typ, default=None, help=f"{text} (default: {values})")
     g.add_argument("--seed", type=int, default=PRESETS["gooddrag"].seed,
                    help="seed of the LoRA's noise and timesteps (default: %(default)s)")
@@ -114,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from_args(args) -> DragConfig:
     overrides = {name: getattr(args, name) for _, name, _, _ in METHOD_SETTINGS if getattr(args, name) is not None}
     overrides["seed"] = args.seed
-    return get_preset(args.method, **overrides)
+    preset = args.preset or args.method or "gooddrag"
+    if args.method and PRESETS[preset].method != args.method:
+        raise GoodDragError(f"--preset {preset} is a {PRESETS[preset].method} preset but --method is {args.method}")
+    return get_preset(preset, **overrides)
 
 
 def _load_inputs(args, need_points: bool = True):

@@ -168,6 +168,28 @@ PRESETS: dict[str, DragConfig] = {
 }
 
 
+# Presets for the shipped shapes-64 model (64x64 images, 4x autoencoder, 16x16
+# latents; see src/gooddrag/shapes/train.py). SD works at 512 px with a 256-cell
+# supervision grid; here the grid is the full 64 px image (sup_res_scale 1),
+# 1/8 of SD's image and 1/4 of its grid, and each spatial setting keeps its
+# share of the image where it can:
+# - r1 1: SD's 8x8-cell patch covers 16 of 512 px (3%); 2x2 cells = 2 of 64 px;
+# - r2 3: SD's 25-cell window spans 24 px either side (4.7%); 3 px here;
+# - beta 1: SD's 4-cell step is 8 px (1.6%); 1 px here is the finest step the
+#   integer tracking can follow;
+# - resolution 64: the model's own size (it was trained on nothing else);
+# - mutual_attention_start_layer 3: the UNet has 7 self-attention layers (2 down,
+#   1 mid, 4 up); SD's mutual layers are its last 6 of 16, all in the decoder's
+#   last two attention blocks; here layers 3..6 are the decoder's 4.
+# - feature_block 2: output of up_blocks[1], the first decoder block at latent
+#   resolution, as SD's index 3 is (up_blocks[2]).
+# DragDiffusion keeps its unit step and radius-1 patch (the smallest possible)
+# and scales r2 from 3 to 1.
+_SHAPES_SPATIAL = dict(resolution=64, sup_res_scale=1.0, feature_block=2, mutual_attention_start_layer=3)
+PRESETS["shapes-gooddrag"] = dataclasses.replace(PRESETS["gooddrag"], r1=1, r2=3, beta=1.0, **_SHAPES_SPATIAL)
+PRESETS["shapes-dragdiffusion"] = dataclasses.replace(PRESETS["dragdiffusion"], r1=1, r2=1, **_SHAPES_SPATIAL)
+
+
 def get_preset(name: str, **overrides: Any) -> DragConfig:
     """Return preset ``name`` with ``overrides`` applied (unknown names are an error)."""
     if name not in PRESETS:
