@@ -113,7 +113,7 @@ def train_vae(data: torch.Tensor, steps: int, batch: int, crop: int, lr: float, 
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.detach().item())
         if step % log_every == 0 or step == steps - 1:
             logger.info("vae step %d/%d loss %.4f", step, steps, losses[-1])
     vae.eval()
@@ -153,7 +153,7 @@ def train_unet(latents, text, steps, batch, lr, seed, log_every, ema_decay=0.999
         opt.step()
         sched.step()
         ema.step(unet.parameters())
-        losses.append(float(loss))
+        losses.append(loss.detach().item())
         if step % log_every == 0 or step == steps - 1:
             logger.info("unet step %d/%d loss %.4f", step, steps, losses[-1])
     ema.copy_to(unet.parameters())
