@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--overwrite", action="store_true", help="replace an existing output folder (default: refuse)")
     shapes.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
     shapes.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    from .benchmark import register_commands
+
+    register_commands(bench_sub)
     return parser
 
 
@@ -305,8 +308,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.bench_command in ("run", "eval", "compare"):
+        from .benchmark import run_command
+
+        return run_command(args)
     if args.bench_command != "shapes":
-        raise GoodDragError("choose a benchmark: gooddrag bench shapes")
+        raise GoodDragError("choose a benchmark: gooddrag bench shapes | run | eval | compare")
     from .outputs import prepare_out_dir
     from .shapes.bench import BENCH_METHODS, load_shapes_pipeline, run_benchmark, write_report
     from .shapes.metrics import summarize

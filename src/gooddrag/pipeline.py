@@ -304,19 +304,19 @@ class DragPipeline:
 
     @torch.no_grad()
     def encode_image(self, image: Image.Image) -> torch.Tensor:
-        """(1, 4, h/8, w/8) fp32 latent: the posterior mean times ``vae.config.scaling_factor``."""
+        """(1, c, h/f, w/f) fp32 latent (c latent channels, f the VAE factor): the posterior mean times ``vae.config.scaling_factor``."""
         dist = self.vae.encode(self._image_tensor(image)).latent_dist
         return dist.mean.float() * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
-        """(B, 4, h, w) latents -> B PIL images."""
+        """(B, c, h, w) latents -> B PIL images."""
         out = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
         return self.sd.image_processor.postprocess(out.float(), output_type="pil")
 
     # ---------------------------------------------------------- UNet calls
     def _eps(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Model output (eps or v) for fp32 latents (B, 4, h, w), returned in fp32."""
+        """Model output (eps or v) for fp32 latents (B, c, h, w), returned in fp32."""
         cond = text.expand(latents.shape[0], -1, -1)
         return self.unet(latents.to(self.dtype), t, encoder_hidden_states=cond).sample.float()
 
@@ -326,7 +326,7 @@ class DragPipeline:
         self, latents: torch.Tensor, text: torch.Tensor, schedule: DDIMSchedule, progress: bool = True,
         callback: StepCallback | None = None,
     ) -> torch.Tensor:
-        """DDIM inversion of clean latents (1, 4, h, w) to the level of ``schedule.timesteps[0]``."""
+        """DDIM inversion of clean latents (1, c, h, w) to the level of ``schedule.timesteps[0]``."""
         pt = self.scheduler.config.prediction_type
         n = len(schedule)
         for i, k in enumerate(tqdm(range(n - 1, -1, -1), desc="inversion", disable=not progress, leave=False)):
@@ -356,7 +356,7 @@ class DragPipeline:
         ``drag_end_step = 1``. The source (unedited) branch is denoised in the
         same batch and feeds mutual self-attention.
 
-        latents: (1, 4, h, w) inverted latent at ``schedule.timesteps[0]``.
+        latents: (1, c, h, w) inverted latent at ``schedule.timesteps[0]``.
         Returns clean edited latents, final handles (row, col supervision
         cells), stats, trajectory x0-latents and per-phase seconds.
         """
@@ -412,7 +412,7 @@ class DragPipeline:
                         # From here on the edited half of each batch attends to the source half.
                         stack.enter_context(mutual_self_attention(self.unet, config.mutual_attention_start_layer))
                     with torch.no_grad():
-                        both = torch.cat([src, z])  # (2, 4, h, w): [source, edited]
+                        both = torch.cat([src, z])  # (2, c, h, w): [source, edited]
                         eps = self._eps(both, t, text)
                         src, z = ddim_step(both, eps, a, a_prev, pt).chunk(2)
                         if (keep_trajectory and k < n_drag) or callback is not None:
@@ -436,7 +436,7 @@ class DragPipeline:
         very first round starts from the user's handles). After the last drag
         timestep one more forward pass tracks the handles' final positions.
 
-        Frames: handles/targets (N, 2) (row, col) supervision cells; z (1, 4, h, w).
+        Frames: handles/targets (N, 2) (row, col) supervision cells; z (1, c, h, w).
         One host read per round decides the early stops.
         """
         pt = self.scheduler.config.prediction_type

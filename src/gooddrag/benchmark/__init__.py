@@ -1,0 +1,46 @@
+"""Benchmarks on real data sets: ``gooddrag bench run | eval | compare``.
+
+- :mod:`.runner`: edit every sample of a Drag100 / DragBench folder, resumable, shardable;
+- :mod:`.metrics`: DAI, MD's matching step, IF = 1 - LPIPS(alex) (pure functions);
+- :mod:`.dift`: DIFT features for MD (a Stable Diffusion UNet through a forward hook);
+- :mod:`.evaluate`: score a results folder, write CSV / markdown / plots, compare two.
+
+Importing this package, :mod:`.runner` or :mod:`.evaluate` loads no model
+and no torch of its own; the CLI hooks are re-exported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .evaluate import add_compare_arguments, add_eval_arguments, cmd_compare, cmd_eval
+from .runner import add_run_arguments, cmd_run
+
+__all__ = [
+    "add_compare_arguments",
+    "add_eval_arguments",
+    "add_run_arguments",
+    "cmd_compare",
+    "cmd_eval",
+    "cmd_run",
+    "register_commands",
+    "run_command",
+]
+
+COMMANDS = {
+    "run": ("edit every sample of a Drag100 / DragBench folder (resumable)", add_run_arguments, cmd_run),
+    "eval": ("score a results folder: DAI, MD (DIFT), IF (LPIPS)", add_eval_arguments, cmd_eval),
+    "compare": ("two evaluated results folders side by side", add_compare_arguments, cmd_compare),
+}
+
+
+def register_commands(bench_sub: argparse._SubParsersAction) -> None:
+    """Add ``run``, ``eval`` and ``compare`` to the ``gooddrag bench`` subparsers."""
+    for name, (text, add, _) in COMMANDS.items():
+        p = bench_sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        add(p)
+
+
+def run_command(args) -> int:
+    """Dispatch on ``args.bench_command`` (one of :data:`COMMANDS`)."""
+    return COMMANDS[args.bench_command][2](args)

@@ -1,0 +1,424 @@
+"""``gooddrag bench run``: edit every sample of a Drag100 / DragBench folder.
+
+- Samples are found recursively (:func:`find_samples`): a folder is a sample
+  when it holds any of the two layouts' files; it is not searched further.
+  Folders whose name starts with "." are skipped. The list is sorted by the
+  sample's relative path (POSIX form), so every run, shard and machine sees
+  the same order; ``--filter`` keeps paths containing a substring, ``--shard
+  i/n`` keeps the samples whose index in the filtered list is ``i mod n``,
+  and ``--limit N`` keeps the first N of those.
+- Each sample is written to ``RESULTS/<relative path>/`` by
+  :func:`gooddrag.outputs.write_result_folder` (atomic: a temporary folder
+  renamed at the end), with the same files and ``run.json`` as
+  ``gooddrag edit``. A sample whose folder has ``run.json`` is done and is
+  skipped by a later run, so an interrupted run is resumed by running the
+  same command again.
+- A sample that cannot be edited (unreadable files, a bad pickle, points
+  outside the image, any error) is appended to ``RESULTS/failures.jsonl``
+  (one JSON object a line: sample, error type, message, time) and the run
+  goes on; a later run tries it again. ``--fail-fast`` stops at the first.
+- ``RESULTS/manifest.json`` records the dataset, method, config, seed and
+  model; a later run into the same RESULTS with other settings is refused.
+
+- ``--ray ADDRESS`` (:func:`run_on_ray`) splits the samples still to do
+  between Ray tasks (one model and, by default, one GPU each) that write into
+  the same RESULTS; the rules above hold unchanged, so a run on Ray and a
+  plain run can resume each other.
+
+Importing this module is cheap (standard library only); the model is loaded
+when there is something to edit, and Ray only with ``--ray``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import GoodDragError
+
+SAMPLE_MARKERS = ("original.jpg", "mask.png", "points.json", "original_image.png", "meta_data.pkl")
+MANIFEST = "manifest.json"
+FAILURES = "failures.jsonl"
+# Settings that must agree between runs into one RESULTS folder.
+MANIFEST_KEYS = ("dataset", "method", "config", "model")
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """A sample folder and its path relative to the dataset root (POSIX, e.g. ``animals/cat_1``)."""
+
+    rel: str
+    path: Path
+
+
+def find_samples(dataset: str | Path) -> list[SampleRef]:
+    """Every sample folder under ``dataset`` (or ``dataset`` itself), sorted by relative path.
+
+    A folder counts when it holds any Drag100 or DragBench file, complete or
+    not: an incomplete one fails to load later and is reported, not skipped.
+    """
+    root = Path(dataset)
+    if not root.is_dir():
+        raise GoodDragError(f"dataset {str(root)!r}: no such folder")
+    found: list[SampleRef] = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(m in files for m in SAMPLE_MARKERS):
+            rel = Path(folder).relative_to(root).as_posix()
+            found.append(SampleRef(rel if rel != "." else root.resolve().name, Path(folder)))
+            dirs[:] = []  # a sample folder is not searched further
+    return sorted(found, key=lambda s: s.rel)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n; None -> (0, 1)."""
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise GoodDragError(f"--shard {text!r} is not i/n, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise GoodDragError(f"--shard {text!r}: need 0 <= i < n")
+    return i, n
+
+
+def select_samples(samples: list[SampleRef], *, filter: str | None = None, shard: tuple[int, int] = (0, 1),
+                   limit: int | None = None) -> list[SampleRef]:
+    """Filter by substring, take shard i of n (index mod n == i), then the first ``limit``."""
+    if filter:
+        samples = [s for s in samples if filter in s.rel]
+    i, n = shard
+    samples = [s for k, s in enumerate(samples) if k % n == i]
+    if limit is not None:
+        if limit < 0:
+            raise GoodDragError(f"--limit must be >= 0, got {limit}")
+        samples = samples[:limit]
+    return samples
+
+
+def is_done(results: Path, sample: SampleRef) -> bool:
+    return (results / sample.rel / "run.json").is_file()
+
+
+def record_failure(results: Path, sample: SampleRef, err: BaseException, *, shard: str | None = None) -> dict:
+    """Append one line to ``RESULTS/failures.jsonl`` (one write, so concurrent shards do not mix lines)."""
+    entry = {
+        "sample": sample.rel,
+        "path": str(sample.path),
+        "error_type": type(err).__name__,
+        "error": str(err).splitlines()[0] if str(err) else type(err).__name__,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "shard": shard,
+    }
+    if not isinstance(err, GoodDragError):
+        entry["traceback"] = "".join(traceback.format_exception(type(err), err, err.__traceback__))[-4000:]
+    results.mkdir(parents=True, exist_ok=True)
+    with open(results / FAILURES, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+    return entry
+
+
+def read_failures(results: str | Path) -> list[dict]:
+    """The entries of ``failures.jsonl`` (the latest per sample), without samples that have since succeeded."""
+    path = Path(results) / FAILURES
+    if not path.is_file():
+        return []
+    latest: dict[str, dict] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            latest[entry["sample"]] = entry
+    return [e for rel, e in sorted(latest.items()) if not (Path(results) / rel / "run.json").is_file()]
+
+
+def write_json_atomic(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def check_manifest(results: Path, manifest: dict) -> None:
+    """Write ``manifest.json``, or refuse when the one there was made with other settings."""
+    path = results / MANIFEST
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = [k for k in MANIFEST_KEYS if json.dumps(old.get(k), sort_keys=True, default=str)
+                != json.dumps(manifest.get(k), sort_keys=True, default=str)]
+        if diff:
+            raise GoodDragError(
+                f"{str(results)!r} holds results made with other settings ({', '.join(diff)} differ from "
+                f"{MANIFEST}); use another --out"
+            )
+        return
+    write_json_atomic(path, manifest)
+
+
+def _model_info(args) -> dict:
+    return {"model": args.model, "model_config": args.model_config, "vae": args.vae,
+            "vae_config": args.vae_config, "dtype": args.dtype}
+
+
+def edit_sample(pipe, sample: SampleRef, out: Path, config, args, dataset: Path) -> dict:
+    """Load one sample, edit it and write its result folder; returns a summary line's values."""
+    import torch
+
+    from ..outputs import file_sha256, run_record, write_result_folder
+    from ..samples import check_points, fit_mask, load_sample
+
+    s = load_sample(sample.path)
+    size = (s.image.height, s.image.width)
+    check_points(s.handle_points, s.target_points, size)
+    if s.mask is not None:
+        s.mask = fit_mask(s.mask, size)
+    result = pipe(
+        s.image, s.handle_points, s.target_points, mask=s.mask, prompt=s.prompt, config=config,
+        generator=torch.Generator().manual_seed(config.seed), lora_cache_dir=args.lora_cache_dir,
+        progress=False,
+    )
+    record = run_record(
+        result=result, config=config, seed=config.seed,
+        inputs={
+            "layout": s.layout,
+            "sample": str(sample.path.resolve()),
+            "benchmark": {"dataset": str(dataset.resolve()), "sample": sample.rel},
+            "prompt": s.prompt,
+            "files": {role: {"path": str(p.resolve()), "sha256": file_sha256(p)} for role, p in s.files.items()},
+            "image_size": [s.image.width, s.image.height],
+        },
+        model=_model_info(args) | {
+            "kind": pipe.source.kind if pipe.source else None, "device": str(pipe.device),
+            "prediction_type": pipe.scheduler.config.prediction_type,
+        },
+        argv=["gooddrag", *getattr(args, "argv", sys.argv[1:])],
+    )
+    write_result_folder(out, input_image=s.image, result=result, mask=s.mask, run_record=record, overwrite=True)
+    return {"seconds": result.timings["total"]}
+
+
+@dataclass
+class RunPlan:
+    """What one ``bench run`` (or one Ray worker) will do."""
+
+    config: object  # DragConfig
+    dataset: Path
+    results: Path
+    samples: list[SampleRef]
+    selected: list[SampleRef]
+    todo: list[SampleRef]
+    shard_text: str | None
+
+
+def plan_run(args, rels: list[str] | None = None) -> RunPlan:
+    """Check the settings, find and select the samples, write or check the manifest.
+
+    rels: exactly these samples (a Ray worker's share) instead of --filter / --shard / --limit.
+    """
+    from ..cli import _config_from_args
+    from ..outputs import package_versions
+
+    dataset, results = Path(args.dataset), Path(args.out)
+    config = _config_from_args(args)
+    samples = find_samples(dataset)
+    if not samples:
+        raise GoodDragError(f"no Drag100 or DragBench sample folders under {str(dataset)!r}")
+    shard = parse_shard(args.shard)
+    if rels is None:
+        selected = select_samples(samples, filter=args.filter, shard=shard, limit=args.limit)
+    else:
+        wanted = set(rels)
+        selected = [s for s in samples if s.rel in wanted]
+    if results.resolve() == dataset.resolve() or dataset.resolve() in results.resolve().parents:
+        raise GoodDragError(f"--out {str(results)!r} must not be inside the dataset {str(dataset)!r}")
+    results.mkdir(parents=True, exist_ok=True)
+    check_manifest(results, {
+        "dataset": str(dataset.resolve()),
+        "method": config.method,
+        "config": config.to_dict(),
+        "model": _model_info(args),
+        "seed": config.seed,
+        "samples_in_dataset": len(samples),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "gooddrag_version": package_versions().get("gooddrag"),
+    })
+    todo = [s for s in selected if not is_done(results, s)]
+    return RunPlan(config, dataset, results, samples, selected, todo,
+                   f"{shard[0]}/{shard[1]}" if args.shard else None)
+
+
+def run_benchmark(args, rels: list[str] | None = None) -> dict:
+    """The work of ``gooddrag bench run`` in this process; returns counts (selected, skipped, done, failed)."""
+    from tqdm.auto import tqdm
+
+    plan = plan_run(args, rels)
+    config, results, todo = plan.config, plan.results, plan.todo
+    counts = {"selected": len(plan.selected), "skipped": len(plan.selected) - len(todo), "done": 0, "failed": 0}
+    if todo:
+        from ..cli import _load_pipeline
+
+        pipe = _load_pipeline(args)
+        bar = tqdm(todo, desc=f"bench {config.method}", unit="sample", disable=args.no_progress,
+                   dynamic_ncols=True)
+        try:
+            for sample in bar:
+                bar.set_postfix_str(f"{sample.rel} ok={counts['done']} failed={counts['failed']}", refresh=False)
+                try:
+                    edit_sample(pipe, sample, results / sample.rel, config, args, plan.dataset)
+                    counts["done"] += 1
+                except Exception as err:  # noqa: BLE001 - one bad sample must not end the run
+                    if type(err).__name__ == "OutOfMemoryError":
+                        import torch
+
+                        torch.cuda.empty_cache()
+                    record_failure(results, sample, err, shard=plan.shard_text)
+                    counts["failed"] += 1
+                    if args.fail_fast:
+                        raise
+                    first = str(err).splitlines()[0] if str(err) else ""
+                    tqdm.write(f"failed: {sample.rel}: {type(err).__name__}: {first}", file=sys.stderr)
+        finally:
+            bar.close()
+    return counts
+
+
+# ------------------------------------------------------------------------- Ray
+def split_work(rels: list[str], workers: int) -> list[list[str]]:
+    """Round-robin shares of ``rels`` for ``workers`` workers (no empty share)."""
+    return [share for share in (rels[i::workers] for i in range(max(1, workers))) if share]
+
+
+def ray_worker(args, rels: list[str]) -> dict:
+    """One Ray task: edit exactly ``rels`` in this process (loads its own pipeline)."""
+    import copy
+
+    args = copy.copy(args)
+    args.ray, args.no_progress = None, True
+    return run_benchmark(args, rels=rels)
+
+
+def _failure_lines(results: Path) -> int:
+    path = results / FAILURES
+    return len(path.read_text(encoding="utf-8").splitlines()) if path.is_file() else 0
+
+
+def run_on_ray(args, ray=None, poll_s: float = 5.0) -> dict:
+    """``bench run --ray ADDRESS``: split the samples still to do between Ray tasks, one model each.
+
+    Each task gets ``--ray-gpus`` GPUs (Ray sets its CUDA_VISIBLE_DEVICES) and
+    a round-robin share of the samples; every task writes into the same
+    RESULTS, so the dataset and RESULTS must be on a file system every node
+    sees, and gooddrag must be installed on every node. The driver shows one
+    bar over all samples, read from RESULTS. A task that dies leaves its
+    unfinished samples without ``run.json``: running the command again
+    resumes them. ``ray``: the module (tests pass a stand-in).
+    """
+    from tqdm.auto import tqdm
+
+    if args.shard:
+        raise GoodDragError("--shard and --ray do not combine: Ray splits the samples between its workers")
+    if args.ray_workers is not None and args.ray_workers < 1:
+        raise GoodDragError(f"--ray-workers must be at least 1, got {args.ray_workers}")
+    if args.ray_gpus is not None and args.ray_gpus < 0:
+        raise GoodDragError(f"--ray-gpus must be >= 0, got {args.ray_gpus}")
+    if ray is None:
+        try:
+            import ray
+        except ImportError:
+            raise GoodDragError("--ray needs Ray on this machine and every node: pip install ray") from None
+    plan = plan_run(args)
+    counts = {"selected": len(plan.selected), "skipped": len(plan.selected) - len(plan.todo), "done": 0,
+              "failed": 0, "workers": 0, "workers_failed": 0}
+    if not plan.todo:
+        return counts
+    if args.ray == "local":
+        ray.init(include_dashboard=False)
+    else:
+        ray.init(address=args.ray)
+    try:
+        resources = ray.cluster_resources()
+        gpus = args.ray_gpus if args.ray_gpus is not None else (1.0 if resources.get("GPU", 0) >= 1 else 0.0)
+        workers = args.ray_workers or (int(resources.get("GPU", 0) // gpus) if gpus else 1)
+        shares = split_work([s.rel for s in plan.todo], max(1, workers))
+        counts["workers"] = len(shares)
+        task = ray.remote(ray_worker)
+        lines0 = _failure_lines(plan.results)
+        pending = [task.options(num_gpus=gpus, num_cpus=1).remote(args, share) for share in shares]
+        bar = tqdm(total=len(plan.todo), desc=f"bench {plan.config.method} on {len(shares)} Ray worker(s)",
+                   unit="sample", disable=args.no_progress, dynamic_ncols=True)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
+                for ref in ready:
+                    try:
+                        got = ray.get(ref)
+                        counts["done"] += got["done"]
+                        counts["failed"] += got["failed"]
+                    except Exception as err:  # noqa: BLE001 - a dead worker must not lose the others' work
+                        counts["workers_failed"] += 1
+                        tqdm.write(f"a Ray worker failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}",
+                                   file=sys.stderr)
+                finished = sum(1 for s in plan.todo if is_done(plan.results, s))
+                bar.update(min(len(plan.todo), finished + _failure_lines(plan.results) - lines0) - bar.n)
+        finally:
+            bar.close()
+    finally:
+        ray.shutdown()
+    return counts
+
+
+# --------------------------------------------------------------------- the CLI
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``gooddrag bench run``."""
+    from ..cli import METHOD_SETTINGS, _add_model_options
+    from ..config import METHODS, PRESETS
+
+    p.add_argument("dataset", help="dataset folder: Drag100 or DragBench sample folders, found recursively")
+    p.add_argument("--out", required=True, help="results folder; RESULTS/<sample path>/ per sample (required)")
+    sel = p.add_argument_group("which samples")
+    sel.add_argument("--filter", default=None, help="only samples whose relative path contains this (default: all)")
+    sel.add_argument("--shard", default=None, help="i/n: only samples whose index %% n == i (default: all)")
+    sel.add_argument("--limit", type=int, default=None, help="only the first N selected samples (default: all)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failing sample (default: record it and go on)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    _add_model_options(p)
+    g = p.add_argument_group("method settings (default: the --method preset's value)")
+    g.add_argument("--method", default=None, choices=list(METHODS),
+                   help="gooddrag or dragdiffusion (default: the preset's, else gooddrag)")
+    g.add_argument("--preset", default=None, choices=list(PRESETS), help="named settings (default: the method's name)")
+    for flag, name, typ, text in METHOD_SETTINGS:
+        values = ", ".join(f"{m} {getattr(PRESETS[m], name)}" for m in METHODS)
+        g.add_argument(flag, dest=name, type=typ, default=None, help=f"{text} (default: {values})")
+    g.add_argument("--seed", type=int, default=PRESETS["gooddrag"].seed,
+                   help="seed of every sample's LoRA noise and timesteps (default: %(default)s)")
+    g.add_argument("--lora-cache-dir", default=None,
+                   help="where trained LoRAs are cached (default: $GOODDRAG_CACHE/lora or ~/.cache/gooddrag/lora)")
+    r = p.add_argument_group("Ray (several GPUs or machines; needs `pip install ray` and a shared file system)")
+    r.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="split the samples between Ray workers: 'local' starts Ray on this machine, 'auto' joins "
+                        "the running cluster, or ray://HOST:PORT (default: no Ray, one process)")
+    r.add_argument("--ray-workers", type=int, default=None,
+                   help="number of workers, each loading the model once (default: the cluster's GPUs / --ray-gpus, "
+                        "else 1)")
+    r.add_argument("--ray-gpus", type=float, default=None,
+                   help="GPUs per worker (default: 1 when the cluster has GPUs, else 0)")
+
+
+def cmd_run(args) -> int:
+    """``gooddrag bench run``: exit 0 when every selected sample has a result, 1 when some failed."""
+    counts = run_on_ray(args) if getattr(args, "ray", None) else run_benchmark(args)
+    out = Path(args.out)
+    workers = (f" on {counts['workers']} Ray worker(s)" + (f", {counts['workers_failed']} of them failed (run again "
+               "to resume)" if counts["workers_failed"] else "")) if "workers" in counts else ""
+    print(f"{counts['selected']} sample(s) selected: {counts['done']} edited, {counts['skipped']} already done, "
+          f"{counts['failed']} failed" + (f" (see {out / FAILURES})" if counts["failed"] else "") + workers
+          + f"; results in {out}")
+    return 1 if counts["failed"] or counts.get("workers_failed") else 0
