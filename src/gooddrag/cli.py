@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .benchmark import register_commands
 
     register_commands(bench_sub)
+
+    ui_p = sub.add_parser("ui", help="web UI: upload an image, paint a mask, click points, run (Gradio, offline)",
+                          description="Start the gooddrag web app on http://127.0.0.1:7860 "
+                                      "(shipped shapes-64 model by default).")
+    from .ui import add_arguments as add_ui_arguments
+
+    add_ui_arguments(ui_p)
     return parser
 
 
@@ -336,6 +343,12 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    from .ui import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -360,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"edit": cmd_edit, "lora": cmd_lora, "demo": cmd_demo, "bench": cmd_bench}[args.command](args)
+        return {"edit": cmd_edit, "lora": cmd_lora, "demo": cmd_demo, "bench": cmd_bench, "ui": cmd_ui}[args.command](args)
     except GoodDragError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
