@@ -52,7 +52,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="separate VAE: hub id, folder or single file, e.g. stabilityai/sd-vae-ft-mse (default: the model's)")
     g.add_argument("--vae-config", default=None, help="for a single-file --vae: its config folder (default: inferred)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="model weights (default: %(default)s)")
+    g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="model weights; fp16 is the usual choice on a GPU (default: %(default)s)")
+    g.add_argument("--low-memory", action="store_true",
+                   help="for 8 GB GPUs: gradient checkpointing, VAE tiling and slicing; slower, same result "
+                        "up to rounding (default: off)")
 
 
 def _add_input_options(p: argparse.ArgumentParser, points: bool = True) -> None:
@@ -195,10 +199,13 @@ def _load_inputs(args, need_points: bool = True):
 def _load_pipeline(args):
     from .pipeline import DragPipeline
 
-    return DragPipeline.from_pretrained(
+    pipe = DragPipeline.from_pretrained(
         args.model, vae=args.vae, model_config=args.model_config, vae_config=args.vae_config,
         device=args.device, dtype=args.dtype,
     )
+    if getattr(args, "low_memory", False):
+        pipe.enable_low_memory()
+    return pipe
 
 
 def cmd_edit(args) -> int:
@@ -229,6 +236,7 @@ def cmd_edit(args) -> int:
         model={
             "model": args.model, "kind": pipe.source.kind if pipe.source else None,
             "model_config": args.model_config, "vae": args.vae, "device": str(pipe.device), "dtype": args.dtype,
+            "low_memory": args.low_memory,
             "prediction_type": pipe.scheduler.config.prediction_type,
         },
         argv=["gooddrag", *args.argv],
@@ -383,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # out of GPU memory has no common base class worth importing torch for here
         if type(err).__name__ == "OutOfMemoryError":
             print(
-                "error: out of GPU memory; lower it with --dtype fp16, --resolution 384, "
+                "error: out of GPU memory; lower it with --dtype fp16, --low-memory, --resolution 384, "
                 "--lora-batch-size 1, or run the LoRA first with `gooddrag lora`", file=sys.stderr,
             )
             return 1

@@ -130,12 +130,51 @@ class PreparedInputs:
     mask: torch.Tensor  # (1, 1, h_lat, w_lat) float, 1 = editable
 
 
+class _PhaseClock:
+    """Seconds per phase without waiting for the device inside loops: on CUDA,
+    events recorded on the stream and read once at the end (one sync); elsewhere
+    ``perf_counter`` (the CPU runs synchronously)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.spans: list[tuple[str, Any, Any]] = []
+
+    def now(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def add(self, phase: str, start):
+        """Count the time from ``start`` (a :meth:`now`) to now towards ``phase``; returns now."""
+        end = self.now()
+        self.spans.append((phase, start, end))
+        return end
+
+    def seconds(self) -> dict[str, float]:
+        if self.cuda and self.spans:
+            self.spans[-1][2].synchronize()
+        out: dict[str, float] = {}
+        for phase, a, b in self.spans:
+            out[phase] = out.get(phase, 0.0) + (a.elapsed_time(b) / 1000 if self.cuda else b - a)
+        return out
+
+
 class DragPipeline:
     """Drag editing on a Stable Diffusion 1.x/2.x backbone.
 
     Build with :meth:`from_pretrained`; call with an image, handle and target
     points (x, y image pixels), an optional mask (1 = may change) and a
     :class:`~gooddrag.config.DragConfig`.
+
+    Speed settings (attributes; each keeps the result up to rounding, tests/test_speed.py):
+    ``fuse_lora`` (True) merges the LoRA into the UNet weights for inversion,
+    drag and denoising and restores the exact base weights afterwards;
+    ``fused_adam`` (on CUDA) uses torch's fused Adam/AdamW kernels; on CUDA the
+    UNet is put in channels_last memory format. :meth:`enable_low_memory` trades
+    speed for memory.
     """
 
     def __init__(self, sd_pipeline, *, source: ModelSource | None = None, device="cpu"):
@@ -154,6 +193,36 @@ class DragPipeline:
         self.source = source
         self.device = torch.device(device)
         self.sd.to(self.device)
+        # Gradients flow to the latent only (LoRA training unfreezes its own
+        # parameters): frozen weights spare a weight-gradient matmul per layer in
+        # every drag backward pass, and the memory of those gradients.
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.requires_grad_(False)
+        cuda = self.device.type == "cuda"
+        self.fuse_lora: bool = True
+        self.fused_adam: bool = cuda
+        self.low_memory: bool = False
+        if cuda:  # NHWC convolutions (tensor-core friendly); values are unchanged
+            self.unet.to(memory_format=torch.channels_last)
+
+    def enable_low_memory(self, attention_slicing: bool = False) -> "DragPipeline":
+        """Trade speed for memory (8 GB cards): gradient checkpointing in the
+        UNet (recomputes activations in the backward passes of LoRA training and
+        the drag instead of keeping them), VAE tiling and slicing (tiles only act
+        above the VAE's ``sample_size``, 512 px for SD; slicing decodes a batch
+        one image at a time), the LoRA fusing backup kept on the CPU. Sliced
+        attention (``attention_slicing=True``) is off by default: torch's
+        scaled-dot-product attention, used otherwise, never holds the full
+        attention matrix, and sliced attention does; it only helps on devices
+        without a memory-efficient kernel. Returns ``self``.
+        """
+        self.unet.enable_gradient_checkpointing()
+        self.vae.enable_tiling()
+        self.vae.enable_slicing()
+        if attention_slicing:
+            self.unet.set_attention_slice("auto")
+        self.low_memory = True
+        return self
 
     @classmethod
     def from_pretrained(
@@ -287,7 +356,7 @@ class DragPipeline:
         try:
             losses = lora.train_lora(
                 self.unet, dist, text_embeddings, self.scheduler, config, generator,
-                self.vae.config.scaling_factor, on_step,
+                self.vae.config.scaling_factor, on_step, fused_adam=self.fused_adam,
             )
         finally:
             bar.close()
@@ -316,9 +385,14 @@ class DragPipeline:
 
     # ---------------------------------------------------------- UNet calls
     def _eps(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Model output (eps or v) for fp32 latents (B, c, h, w), returned in fp32."""
+        """Model output (eps or v) for fp32 latents (B, c, h, w), returned in fp32.
+
+        The UNet runs in its weights' dtype (fp16/bf16 or fp32), forward and
+        backward; latents, DDIM steps, features, losses and the optimiser stay fp32.
+        """
         cond = text.expand(latents.shape[0], -1, -1)
-        return self.unet(latents.to(self.dtype), t, encoder_hidden_states=cond).sample.float()
+        dtype = self.unet.conv_in.weight.dtype  # not ``unet.dtype``: that walks all modules (ms per call)
+        return self.unet(latents.to(dtype), t, encoder_hidden_states=cond).sample.float()
 
     # ------------------------------------------------------------ 5. invert
     @torch.no_grad()
@@ -367,6 +441,9 @@ class DragPipeline:
         stats = DragStats()
         trajectory: list[torch.Tensor] = []
         offsets = patch_offsets(config.r1, centered=not config.information_preserving, device=self.device)
+        one = torch.ones((), device=self.device)  # alpha_prod of a clean latent (x0 previews), already on the device
+        clock = _PhaseClock(self.device)
+        mark = clock.now()
 
         with FeatureHook(self.unet, config.feature_block) as hook:
             # Unedited trajectory through the drag timesteps: reference features
@@ -382,12 +459,12 @@ class DragPipeline:
                     ref_patches.append(sample_patches(f0, handle_init, offsets))  # (N, C, P)
                     x_prev_orig.append(ddim_step(source[-1], eps, schedule.alphas[k], schedule.alphas_prev[k], pt))
                     source.append(x_prev_orig[-1])
+            mark = clock.add("drag", mark)  # the reference trajectory is drag work
 
             handles = handle_init.clone()
             stopped = False
             no_change = 0
             z = src = latents
-            timings = {"drag": 0.0, "denoise": 0.0}
             n_steps = len(schedule)
             bar_drag = tqdm(total=n_drag * config.track_per_step, desc="drag", disable=not progress, leave=False)
             bar_denoise = tqdm(total=n_steps, desc="denoise", disable=not progress, leave=False)
@@ -398,16 +475,13 @@ class DragPipeline:
                     t = schedule.timesteps[k].to(self.device)
                     a, a_prev = schedule.alphas[k], schedule.alphas_prev[k]
                     if k < n_drag and not stopped:
-                        t0 = time.perf_counter()
                         z, handles, stopped, no_change = self._drag_at_timestep(
                             z, t, text, a, a_prev, handles, targets, inputs.mask, config, loss_fn,
                             ref_patches[k], x_prev_orig[k], ref_vectors[k], last=k == n_drag - 1,
                             stats=stats, no_change=no_change, hook=hook, sup_size=inputs.sup_size,
                             bar=bar_drag, callback=callback, to_image=lambda h: self._grid_to_input(h, inputs),
                         )
-                        self._sync()
-                        timings["drag"] += time.perf_counter() - t0
-                    t0 = time.perf_counter()
+                        mark = clock.add("drag", mark)
                     if k == config.mutual_attention_start_step:
                         # From here on the edited half of each batch attends to the source half.
                         stack.enter_context(mutual_self_attention(self.unet, config.mutual_attention_start_layer))
@@ -416,14 +490,14 @@ class DragPipeline:
                         eps = self._eps(both, t, text)
                         src, z = ddim_step(both, eps, a, a_prev, pt).chunk(2)
                         if (keep_trajectory and k < n_drag) or callback is not None:
-                            x0 = ddim_step(both[1:], eps[1:], a, 1.0, pt)  # predicted clean latent of the edit
+                            x0 = ddim_step(both[1:], eps[1:], a, one, pt)  # predicted clean latent of the edit
                             if keep_trajectory and k < n_drag:
                                 trajectory.append(x0)
                             if callback is not None:
                                 callback(StepEvent("denoise", k + 1, n_steps, latents=x0))
                     bar_denoise.update(1)
-                    self._sync()
-                    timings["denoise"] += time.perf_counter() - t0
+                    mark = clock.add("denoise", mark)
+        timings = {"drag": 0.0, "denoise": 0.0} | clock.seconds()
         return z, handles, stats, trajectory, timings
 
     def _drag_at_timestep(
@@ -441,13 +515,13 @@ class DragPipeline:
         """
         pt = self.scheduler.config.prediction_type
         z = z.detach().clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([z], lr=config.lr)
+        optimizer = torch.optim.Adam([z], lr=config.lr, fused=True if self.fused_adam and z.is_cuda else None)
         steps_here = 0
         stopped = False
 
         def track(features):
             nonlocal handles, no_change, stopped
-            new = track_points(features.detach(), ref_vectors, handles, r2=config.r2)
+            new = self._track(features.detach(), ref_vectors, handles, config.r2)
             moved = (new != handles).any()
             handles = new
             stats.tracking_steps += 1
@@ -496,6 +570,10 @@ class DragPipeline:
         stats.drag_steps_per_timestep.append(steps_here)
         return z.detach(), handles, stopped, no_change
 
+    def _track(self, features: torch.Tensor, ref_vectors: torch.Tensor, handles: torch.Tensor, r2: int) -> torch.Tensor:
+        """Point tracking on the device (benchmarks/speed.py's reference path overrides it to track on the CPU)."""
+        return track_points(features, ref_vectors, handles, r2=r2)
+
     def _sync(self) -> None:
         """Wait for the device at phase boundaries, so wall-clock timings are true (never in inner loops)."""
         if self.device.type == "cuda":
@@ -540,6 +618,8 @@ class DragPipeline:
         # 1. check inputs
         inputs = self.check_inputs(image, handle_points, target_points, mask, config)
         schedule = make_schedule(self.scheduler, config.num_inference_steps, config.inversion_steps)
+        # On the device once: indexing it in the loops then needs no host-to-device copy (each one a sync).
+        schedule = DDIMSchedule(*(x.to(self.device) for x in (schedule.timesteps, schedule.alphas, schedule.alphas_prev)))
         if config.guidance_scale != 1.0:
             raise GoodDragError("guidance_scale other than 1 is not supported (the methods use no CFG)")
 
@@ -553,6 +633,8 @@ class DragPipeline:
                 inputs, prompt, config, text_embeddings=text, lora_path=lora_path, cache_dir=lora_cache_dir,
                 generator=generator, callback=callback, progress=progress,
             )
+            if self.fuse_lora:
+                lora.fuse_lora(self.unet, backup_device="cpu" if self.low_memory else None)
             self._sync()
             timings["lora"] = time.perf_counter() - t0
 
@@ -570,7 +652,7 @@ class DragPipeline:
             )
             timings.update(loop_times)
         finally:
-            lora.remove_lora(self.unet)
+            lora.remove_lora(self.unet)  # unfuses first: the base weights come back exactly
 
         # 7. decode and map back to the input frame
         t0 = time.perf_counter()
