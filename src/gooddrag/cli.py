@@ -71,7 +71,7 @@ def _add_input_options(p: argparse.ArgumentParser, points: bool = True) -> None:
     g.add_argument("--prompt", default=None, help="text prompt (default: the sample's, else empty)")
 
 
-def _add_method_options(p: argparse.ArgumentParser) -> None:
+def _add_method_options(p: argparse.ArgumentParser, lora_file: bool = True) -> None:
     g = p.add_argument_group("method settings (default: the --method preset's value)")
     g.add_argument("--method", default=None, choices=list(METHODS),
                    help="gooddrag (AIDD + information-preserving loss) or the dragdiffusion baseline "
@@ -83,8 +83,9 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         g.add_argument(flag, dest=name, type=typ, default=None, help=f"{text} (default: {values})")
     g.add_argument("--seed", type=int, default=PRESETS["gooddrag"].seed,
                    help="seed of the LoRA's noise and timesteps (default: %(default)s)")
-    g.add_argument("--lora", default=None,
-                   help="use this LoRA (folder or .safetensors) (default: the cached one, else one trained now)")
+    if lora_file:
+        g.add_argument("--lora", default=None,
+                       help="use this LoRA (folder or .safetensors) (default: the cached one, else one trained now)")
     g.add_argument("--lora-cache-dir", default=None,
                    help="where trained LoRAs are cached (default: $GOODDRAG_CACHE/lora or ~/.cache/gooddrag/lora)")
 

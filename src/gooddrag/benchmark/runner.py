@@ -378,8 +378,7 @@ def run_on_ray(args, ray=None, poll_s: float = 5.0) -> dict:
 # --------------------------------------------------------------------- the CLI
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``gooddrag bench run``."""
-    from ..cli import METHOD_SETTINGS, _add_model_options
-    from ..config import METHODS, PRESETS
+    from ..cli import _add_method_options, _add_model_options
 
     p.add_argument("dataset", help="dataset folder: Drag100 or DragBench sample folders, found recursively")
     p.add_argument("--out", required=True, help="results folder; RESULTS/<sample path>/ per sample (required)")
@@ -390,17 +389,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing sample (default: record it and go on)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     _add_model_options(p)
-    g = p.add_argument_group("method settings (default: the --method preset's value)")
-    g.add_argument("--method", default=None, choices=list(METHODS),
-                   help="gooddrag or dragdiffusion (default: the preset's, else gooddrag)")
-    g.add_argument("--preset", default=None, choices=list(PRESETS), help="named settings (default: the method's name)")
-    for flag, name, typ, text in METHOD_SETTINGS:
-        values = ", ".join(f"{m} {getattr(PRESETS[m], name)}" for m in METHODS)
-        g.add_argument(flag, dest=name, type=typ, default=None, help=f"{text} (default: {values})")
-    g.add_argument("--seed", type=int, default=PRESETS["gooddrag"].seed,
-                   help="seed of every sample's LoRA noise and timesteps (default: %(default)s)")
-    g.add_argument("--lora-cache-dir", default=None,
-                   help="where trained LoRAs are cached (default: $GOODDRAG_CACHE/lora or ~/.cache/gooddrag/lora)")
+    _add_method_options(p, lora_file=False)
     r = p.add_argument_group("Ray (several GPUs or machines; needs `pip install ray` and a shared file system)")
     r.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="split the samples between Ray workers: 'local' starts Ray on this machine, 'auto' joins "
