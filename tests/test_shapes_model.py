@@ -1,0 +1,76 @@
+"""The shipped shapes-64 model, the offline demo and the shapes benchmark, end to end."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gooddrag.cli import main
+from gooddrag.ddim import ddim_step, make_schedule
+from gooddrag.shapes.bench import load_shapes_pipeline, shipped_model_dir
+
+
+@pytest.fixture(scope="module")
+def shapes_pipe():
+    return load_shapes_pipeline()
+
+
+def test_shipped_model_is_small_and_complete():
+    folder = shipped_model_dir()
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert total <= 25 * 2**20, f"{total / 2**20:.1f} MB"
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (folder / part).is_dir()
+    assert (folder / "README.md").is_file()  # the model card
+
+
+@torch.no_grad()
+def test_shipped_model_loads_offline_and_produces_a_sample(shapes_pipe):
+    assert shapes_pipe.source.kind == "folder"
+    assert shapes_pipe.vae_scale_factor == 4 and shapes_pipe.size_multiple == 16
+    sch = make_schedule(shapes_pipe.scheduler, 20, 20)
+    text = shapes_pipe.encode_prompt("")
+    z = torch.randn(1, shapes_pipe.unet.config.in_channels, 16, 16, generator=torch.Generator().manual_seed(0))
+    for k in range(len(sch)):
+        z = ddim_step(z, shapes_pipe._eps(z, sch.timesteps[k], text), sch.alphas[k], sch.alphas_prev[k])
+    image = np.asarray(shapes_pipe.decode_latents(z)[0])
+    assert image.shape == (64, 64, 3)
+    assert image.std() > 5  # not a flat field
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 0
+    for name in ("edited.png", "ground_truth.png", "comparison.png", "trajectory.gif", "run.json",
+                 "input_with_points.png", "result_with_points.png", "new_points.json"):
+        assert (out / name).is_file(), name
+    record = json.loads((out / "run.json").read_text())
+    assert record["config"]["resolution"] == 64 and "position_error" in record["ground_truth_scores"]
+    printed = capsys.readouterr().out
+    assert "px from its true place" in printed
+
+
+def test_bench_shapes_writes_tables_and_identity_scores_the_distance(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "shapes", "--cases", "2", "--seed", "3", "--method", "identity,dragdiffusion",
+                 "--out", str(out), "--no-progress"]) == 0
+    for name in ("results.md", "results.csv", "summary.json", "figure.png"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["method"] for r in rows] == ["identity", "dragdiffusion"] * 2
+    identity = [r for r in rows if r["method"] == "identity"]
+    # doing nothing leaves the object where it was: error ~ the requested distance
+    assert all(abs(float(r["relative_error"]) - 1.0) < 0.05 for r in identity)
+    assert all(float(r["psnr_outside_mask"]) == float("inf") for r in identity)
+    assert "| identity |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["bench", "shapes", "--method", "magic"], "unknown method(s) magic"),
+    (["bench", "shapes", "--cases", "0"], "--cases must be at least 1"),
+])
+def test_bench_errors(tmp_path, capsys, argv, message):
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 1
+    assert message in capsys.readouterr().err
