@@ -67,6 +67,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from gooddrag import DragPipeline, get_preset, lora  # noqa: E402
+from gooddrag.ddim import SD15_SCHEDULER_CONFIG  # noqa: E402
 from gooddrag.motion import track_points  # noqa: E402
 
 # --------------------------------------------------------------------------- model
@@ -109,10 +110,6 @@ SD15_TEXT = dict(
     eos_token_id=513,
     pad_token_id=513,
 )
-SD15_SCHEDULER = dict(
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-    set_alpha_to_one=False, steps_offset=1,
-)
 
 
 def build_sd15(device: torch.device, seed: int = 0):
@@ -130,7 +127,7 @@ def build_sd15(device: torch.device, seed: int = 0):
     with torch.no_grad():  # as gooddrag.testing does: keeps a random UNet's DDIM trajectory tame (and fp16 finite)
         unet.conv_out.weight.mul_(0.02)
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, unet=unet, scheduler=DDIMScheduler(**SD15_SCHEDULER),
+        vae=vae, text_encoder=text_encoder, unet=unet, scheduler=DDIMScheduler(**SD15_SCHEDULER_CONFIG),
         tokenizer=CLIPTokenizer(vocab=_tiny_vocab(), merges=[], model_max_length=77),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )

@@ -327,7 +327,7 @@ def cmd_bench(args) -> int:
     if args.bench_command in ("run", "eval", "compare"):
         from .benchmark import run_command
 
-        return run_command(args)
+        return run_command(args, say=print)
     if args.bench_command != "shapes":
         raise GoodDragError("choose a benchmark: gooddrag bench shapes | run | eval | compare")
     from .outputs import prepare_out_dir
@@ -355,7 +355,7 @@ def cmd_bench(args) -> int:
 def cmd_ui(args) -> int:
     from .ui import run
 
-    return run(args)
+    return run(args, say=lambda line: print(line, flush=True))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,13 @@ from dataclasses import dataclass
 import torch
 
 
+SD15_SCHEDULER_CONFIG = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+    set_alpha_to_one=False, steps_offset=1,
+)
+"""Stable Diffusion 1.5's DDIM settings (docs/algorithm.md, "The shared frame" 2), for models we build."""
+
+
 def ddim_step(
     sample: torch.Tensor,
     model_output: torch.Tensor,

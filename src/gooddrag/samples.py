@@ -45,19 +45,24 @@ class Sample:
     """Role -> file the sample was read from (hashed into run.json)."""
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB, or raise a one-line error naming the file."""
+def _read_image(path: str | Path, what: str, convert) -> Image.Image | np.ndarray:
+    """``convert(opened image)`` for an image file, or a one-line error naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise GoodDragError(f"image {str(path)!r}: no such file")
+        raise GoodDragError(f"{what} {str(path)!r}: no such file")
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return convert(im)
     except Image.DecompressionBombError:
-        raise GoodDragError(f"image {str(path)!r} has too many pixels (over {Image.MAX_IMAGE_PIXELS})") from None
+        raise GoodDragError(f"{what} {str(path)!r} has too many pixels (over {Image.MAX_IMAGE_PIXELS})") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise GoodDragError(f"image {str(path)!r} cannot be read as an image ({type(err).__name__})") from None
+        raise GoodDragError(f"{what} {str(path)!r} cannot be read as an image ({type(err).__name__})") from None
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB, or raise a one-line error naming the file."""
+    return _read_image(path, "image", lambda im: im.convert("RGB"))
 
 
 def mask_from_array(arr: np.ndarray, what: str) -> np.ndarray:
@@ -80,16 +85,9 @@ def mask_from_array(arr: np.ndarray, what: str) -> np.ndarray:
 
 def load_mask(path: str | Path) -> np.ndarray:
     """Read a black/white mask image (white = editable) as a bool (H, W) array."""
-    path = Path(path)
-    if not path.is_file():
-        raise GoodDragError(f"mask {str(path)!r}: no such file")
-    try:
-        with Image.open(path) as im:
-            arr = np.array(im.convert("L") if im.mode in ("1", "P", "LA", "I", "I;16") else im)
-    except Image.DecompressionBombError:
-        raise GoodDragError(f"mask {str(path)!r} has too many pixels (over {Image.MAX_IMAGE_PIXELS})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise GoodDragError(f"mask {str(path)!r} cannot be read as an image ({type(err).__name__})") from None
+    arr = _read_image(
+        path, "mask", lambda im: np.array(im.convert("L") if im.mode in ("1", "P", "LA", "I", "I;16") else im)
+    )
     if arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]
     return mask_from_array(arr, repr(str(path)))

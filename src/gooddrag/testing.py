@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from .ddim import SD15_SCHEDULER_CONFIG
+
 __all__ = ["make_tiny_pipeline", "save_tiny_pipeline"]
 
 
@@ -96,14 +98,7 @@ def make_tiny_pipeline(seed: int = 0):
         )
     )
     # The SD1.5 scheduler settings (see docs/algorithm.md, "The shared frame").
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = DDIMScheduler(**SD15_SCHEDULER_CONFIG)
     tokenizer = CLIPTokenizer(vocab=_tiny_vocab(), merges=[], model_max_length=77)
     pipe = StableDiffusionPipeline(
         vae=vae,

@@ -1189,7 +1189,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, say=logger.warning) -> int:
     """Build and launch the app; blocks until interrupted. Returns the exit code."""
     from .loading import resolve_device
 
@@ -1201,12 +1201,12 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise GoodDragError("the web UI needs gradio: pip install 'gooddrag[ui]'") from None
     if args.share:
-        print("warning: --share makes the app reachable by anyone with the link", flush=True)
+        say("warning: --share makes the app reachable by anyone with the link")
     demo = build_app(
         default_model=args.model, results_dir=args.results_dir, device=args.device,
         lora_cache_dir=args.lora_cache_dir, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
     )
-    print(f"results go to {demo.gooddrag_engine.results_dir}", flush=True)
+    say(f"results go to {demo.gooddrag_engine.results_dir}")
     try:
         launch_app(demo, args.host, args.port, share=args.share)
     except OSError as err:

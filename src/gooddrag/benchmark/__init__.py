@@ -41,6 +41,7 @@ def register_commands(bench_sub: argparse._SubParsersAction) -> None:
         add(p)
 
 
-def run_command(args) -> int:
-    """Dispatch on ``args.bench_command`` (one of :data:`COMMANDS`)."""
-    return COMMANDS[args.bench_command][2](args)
+def run_command(args, say=print) -> int:
+    """Dispatch on ``args.bench_command`` (one of :data:`COMMANDS`); ``say`` receives the
+    command's report lines (the CLI's standard output by default)."""
+    return COMMANDS[args.bench_command][2](args, say)

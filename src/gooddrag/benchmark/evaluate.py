@@ -360,7 +360,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="DIFT model weights (default: %(default)s)")
 
 
-def cmd_eval(args) -> int:
+def cmd_eval(args, say) -> int:
     from . import metrics as M
     from .runner import MANIFEST, read_failures
 
@@ -403,8 +403,8 @@ def cmd_eval(args) -> int:
     summary = summarize(rows, info["columns"], matches)
     out = Path(args.eval_out) if args.eval_out else results / EVAL_DIR
     files = write_report(out, rows, matches, summary, info)
-    print(summary_markdown(summary, info))
-    print(f"wrote {', '.join(str(out / f) for f in files)}")
+    say(summary_markdown(summary, info))
+    say(f"wrote {', '.join(str(out / f) for f in files)}")
     return 1 if errors else 0
 
 
@@ -473,6 +473,6 @@ def compare_markdown(a: Path, b: Path, eval_dir: str = EVAL_DIR) -> str:
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-def cmd_compare(args) -> int:
-    print(compare_markdown(Path(args.results_a), Path(args.results_b), args.eval_dir))
+def cmd_compare(args, say) -> int:
+    say(compare_markdown(Path(args.results_a), Path(args.results_b), args.eval_dir))
     return 0

@@ -401,13 +401,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPUs per worker (default: 1 when the cluster has GPUs, else 0)")
 
 
-def cmd_run(args) -> int:
-    """``gooddrag bench run``: exit 0 when every selected sample has a result, 1 when some failed."""
+def cmd_run(args, say) -> int:
+    """``gooddrag bench run``: exit 0 when every selected sample has a result, 1 when some failed.
+    ``say`` receives the one-line report (the CLI passes ``print``)."""
     counts = run_on_ray(args) if getattr(args, "ray", None) else run_benchmark(args)
     out = Path(args.out)
     workers = (f" on {counts['workers']} Ray worker(s)" + (f", {counts['workers_failed']} of them failed (run again "
                "to resume)" if counts["workers_failed"] else "")) if "workers" in counts else ""
-    print(f"{counts['selected']} sample(s) selected: {counts['done']} edited, {counts['skipped']} already done, "
+    say(f"{counts['selected']} sample(s) selected: {counts['done']} edited, {counts['skipped']} already done, "
           f"{counts['failed']} failed" + (f" (see {out / FAILURES})" if counts["failed"] else "") + workers
           + f"; results in {out}")
     return 1 if counts["failed"] or counts.get("workers_failed") else 0

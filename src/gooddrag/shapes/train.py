@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from ..ddim import SD15_SCHEDULER_CONFIG
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SIZE = 64
@@ -151,8 +153,8 @@ def train_unet(latents, text, steps, batch, lr, seed, log_every, ema_decay=0.999
 
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(**UNET_CONFIG)
-    noise_sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                num_train_timesteps=1000, clip_sample=False)
+    betas = {k: SD15_SCHEDULER_CONFIG[k] for k in ("beta_start", "beta_end", "beta_schedule", "clip_sample")}
+    noise_sched = DDPMScheduler(num_train_timesteps=1000, **betas)
     ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps, 200))
@@ -208,8 +210,7 @@ def save_pipeline(out: Path, vae, unet, scaling_factor: float):
 
     base = make_tiny_pipeline(seed=0)  # its CLIP text encoder and tokenizer (fixed, random)
     vae.register_to_config(scaling_factor=scaling_factor)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler = DDIMScheduler(**SD15_SCHEDULER_CONFIG)
     pipe = StableDiffusionPipeline(
         vae=vae.half(), text_encoder=base.text_encoder.half(), tokenizer=base.tokenizer, unet=unet.half(),
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -225,8 +226,7 @@ def sample_grid(vae, unet, text, scaling_factor, path: Path, n: int = 16, steps:
     """DDIM samples from pure noise (eta 0), decoded, as a 4-column grid."""
     from diffusers import DDIMScheduler
 
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    sched = DDIMScheduler(**SD15_SCHEDULER_CONFIG)
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, VAE_CONFIG["latent_channels"], IMAGE_SIZE // 4, IMAGE_SIZE // 4, generator=g)
