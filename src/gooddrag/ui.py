@@ -1215,19 +1215,12 @@ def run(args: argparse.Namespace, say=logger.warning) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m gooddrag.ui``: the same as ``gooddrag ui`` until the CLI has the subcommand."""
+    """``python -m gooddrag.ui``: the same as ``gooddrag ui``."""
     import sys
 
-    parser = add_arguments(argparse.ArgumentParser(prog="gooddrag ui", description="Web UI for drag editing."))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        return run(args)
-    except GoodDragError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    from .cli import main as cli_main
+
+    return cli_main(["ui", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover
