@@ -12,7 +12,11 @@ import argparse
 import csv
 import importlib.util
 import json
+import os
+import signal
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 from types import SimpleNamespace
@@ -496,11 +500,16 @@ def test_eval_argument_errors(tmp_path, bench_runs):
 
 # ------------------------------------------------------------------------- Ray
 class FakeRay:
-    """Stands in for the ``ray`` module: runs each task at once, in this process.
-    ``die`` = index of a task that dies before doing anything (as a lost node would)."""
+    """Stands in for the ``ray`` module: runs each task when it is submitted, in this process.
+    ``die``: samples whose task fails as one would after Ray used up its retries on dead workers."""
 
-    def __init__(self, gpus: float = 0.0, die: int | None = None):
+    def __init__(self, gpus: float = 0.0, die: tuple[str, ...] = ()):
         self.gpus, self.die, self.calls, self.options, self.inits, self.shut = gpus, die, [], [], [], False
+        self.most_in_flight, self.in_flight = 0, 0
+
+    class Ref:
+        def __init__(self, value):
+            self.value = value
 
     def init(self, **kwargs):
         self.inits.append(kwargs)
@@ -517,37 +526,34 @@ class FakeRay:
                 return self
 
             def remote(self, *args):
-                index = len(fake.calls)
                 fake.calls.append(args[1])
-                if index == fake.die:
-                    return RuntimeError("the node running this worker died")
+                fake.in_flight += 1
+                fake.most_in_flight = max(fake.most_in_flight, fake.in_flight)
+                if args[1] in fake.die:
+                    return FakeRay.Ref(RuntimeError("the worker died 4 times"))
                 try:
-                    return fn(*args)
+                    return FakeRay.Ref(fn(*args))
                 except Exception as err:  # noqa: BLE001
-                    return err
+                    return FakeRay.Ref(err)
 
         return Task()
 
     def wait(self, refs, num_returns, timeout):
-        return list(refs), []
+        assert num_returns == 1
+        return refs[:1], refs[1:]
 
     def get(self, ref):
-        if isinstance(ref, Exception):
-            raise ref
-        return ref
+        self.in_flight -= 1
+        if isinstance(ref.value, Exception):
+            raise ref.value
+        return ref.value
 
     def shutdown(self):
         self.shut = True
 
 
-def test_split_work_round_robin():
-    assert R.split_work(["a", "b", "c", "d", "e"], 2) == [["a", "c", "e"], ["b", "d"]]
-    assert R.split_work(["a"], 3) == [["a"]]
-    assert R.split_work([], 2) == []
-
-
-def test_bench_run_on_ray_splits_the_work_and_resumes_after_a_lost_worker(tmp_path, tiny_model_dir, monkeypatch,
-                                                                         capsys):
+def test_bench_run_on_ray_makes_a_task_per_sample_and_records_lost_ones(tmp_path, tiny_model_dir, monkeypatch,
+                                                                        capsys):
     ds = tmp_path / "ds"
     for rel in ("a/s_1", "a/s_2", "b/s_3"):
         write_dragbench_sample(ds / rel)
@@ -565,25 +571,29 @@ def test_bench_run_on_ray_splits_the_work_and_resumes_after_a_lost_worker(tmp_pa
         return done
 
     monkeypatch.setattr(R, "edit_sample", counting)
-    fake = FakeRay(die=0)
+    monkeypatch.setattr(R, "_WORKER_PIPELINE", {})
+    fake = FakeRay(die=("a/s_1",))
     monkeypatch.setitem(sys.modules, "ray", fake)
     capsys.readouterr()
     assert bench(*argv) == 1
     assert fake.inits == [{"address": "auto"}] and fake.shut
-    assert fake.calls == [["a/s_1", "b/s_3"], ["a/s_2", "b/s_4"]]  # round-robin over the sorted samples
-    assert fake.options == [{"num_gpus": 0.0, "num_cpus": 1}] * 2
-    assert edited == ["a/s_2"]  # the first worker died; the second edited its good sample, recorded its bad one
-    assert [f["sample"] for f in R.read_failures(out)] == ["b/s_4"]
+    assert fake.calls == ["a/s_1", "a/s_2", "b/s_3", "b/s_4"]  # one task per sample, in sorted order
+    assert fake.options == [{"num_gpus": 0.0, "num_cpus": 1, "max_retries": 3}]
+    assert fake.most_in_flight == 2  # --ray-workers 2
+    assert edited == ["a/s_2", "b/s_3"]  # the lost sample and the broken one have no result
+    failures = R.read_failures(out)
+    assert [f["sample"] for f in failures] == ["a/s_1", "b/s_4"]
+    assert failures[0]["error"] == "the worker died 4 times"
     printed = capsys.readouterr()
-    assert "1 of them failed (run again to resume)" in printed.out
-    assert "a Ray worker failed: RuntimeError: the node running this worker died" in printed.err
+    assert "2 failed (1 lost with their Ray workers)" in printed.out
+    assert "lost on Ray after 3 retries: a/s_1: RuntimeError: the worker died 4 times" in printed.err
 
-    # run again: only what the lost worker had (and the broken sample) is left; 4 GPUs -> 4 workers by default
+    # run again: only the lost and the broken sample are left; GPUs in the cluster -> one GPU a task
     fake = FakeRay(gpus=4)
     monkeypatch.setitem(sys.modules, "ray", fake)
-    assert bench(*argv[:-2]) == 1  # exit 1: b/s_4 still fails
-    assert fake.calls == [["a/s_1"], ["b/s_3"], ["b/s_4"]]
-    assert fake.options == [{"num_gpus": 1.0, "num_cpus": 1}] * 3
+    assert bench(*argv[:-2], "--ray-retries", "1") == 1  # exit 1: b/s_4 still fails
+    assert fake.calls == ["a/s_1", "b/s_4"]
+    assert fake.options == [{"num_gpus": 1.0, "num_cpus": 1, "max_retries": 1}]
     assert sorted(edited) == ["a/s_1", "a/s_2", "b/s_3"]  # each once
     assert sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("run.json")) == ["a/s_1", "a/s_2", "b/s_3"]
 
@@ -595,19 +605,47 @@ def test_bench_run_ray_errors(tmp_path, monkeypatch):
         bench(*argv, "--shard", "0/2")
     with pytest.raises(GoodDragError, match="--ray-workers must be at least 1"):
         bench(*argv, "--ray-workers", "0")
+    with pytest.raises(GoodDragError, match="--ray-retries must be >= 0, got -1"):
+        bench(*argv, "--ray-retries", "-1")
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(GoodDragError, match="pip install ray"):
         bench(*argv)
 
 
-@pytest.mark.slow
+def _kill_first_ray_task(results: Path, stop: threading.Event, killed: list) -> None:
+    """Once a first sample is done, SIGKILL a Ray worker process in the middle of a task."""
+    while not stop.is_set() and not killed:
+        if any(results.rglob("run.json")):
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    if cmdline.read_bytes().startswith(b"ray::edit_on_ray"):
+                        os.kill(int(cmdline.parent.name), signal.SIGKILL)
+                        killed.append(int(cmdline.parent.name))
+                        return
+                except (OSError, ValueError):
+                    continue
+        time.sleep(0.05)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
-def test_bench_run_on_a_real_local_ray(tmp_path, tiny_model_dir):
-    """Two real Ray workers on this machine (starts Ray: tens of seconds on 2 cores)."""
-    for rel in ("a/s_1", "b/s_2", "b/s_3"):
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds Ray's workers through /proc")
+def test_bench_run_on_a_real_local_ray_survives_a_killed_worker(tmp_path, tiny_model_dir):
+    """Real Ray on this machine (two CPU workers): a worker killed mid-run; Ray retries its sample elsewhere
+    and the run completes with every result, each written once."""
+    rels = ["a/s_1", "a/s_2", "b/s_3", "b/s_4", "b/s_5", "b/s_6"]
+    for rel in rels:
         write_dragbench_sample(tmp_path / "ds" / rel)
     out = tmp_path / "results"
-    rc = bench("run", tmp_path / "ds", "--out", out, "--model", tiny_model_dir, "--device", "cpu", "--no-progress",
-               *TINY_FLAGS, "--ray", "local", "--ray-workers", "2")
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_first_ray_task, args=(out, stop, killed), daemon=True)
+    killer.start()
+    try:
+        rc = bench("run", tmp_path / "ds", "--out", out, "--model", tiny_model_dir, "--device", "cpu",
+                   "--no-progress", *TINY_FLAGS, "--ray", "local", "--ray-workers", "2")
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no Ray task was caught running"
     assert rc == 0
-    assert sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("run.json")) == ["a/s_1", "b/s_2", "b/s_3"]
+    assert sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("run.json")) == rels
+    assert not (out / R.FAILURES).exists()

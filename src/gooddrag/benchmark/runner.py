@@ -20,10 +20,11 @@
 - ``RESULTS/manifest.json`` records the dataset, method, config, seed and
   model; a later run into the same RESULTS with other settings is refused.
 
-- ``--ray ADDRESS`` (:func:`run_on_ray`) splits the samples still to do
-  between Ray tasks (one model and, by default, one GPU each) that write into
-  the same RESULTS; the rules above hold unchanged, so a run on Ray and a
-  plain run can resume each other.
+- ``--ray ADDRESS`` (:func:`run_on_ray`) makes one Ray task per sample still
+  to do (by default one GPU each; each worker process loads the model once),
+  retried by Ray when its worker dies; they write into the same RESULTS, the
+  rules above hold unchanged, so a run on Ray and a plain run can resume each
+  other.
 
 Importing this module is cheap (standard library only); the model is loaded
 when there is something to edit, and Ray only with ``--ray``.
@@ -255,17 +256,19 @@ def plan_run(args, rels: list[str] | None = None) -> RunPlan:
                    f"{shard[0]}/{shard[1]}" if args.shard else None)
 
 
-def run_benchmark(args, rels: list[str] | None = None) -> dict:
-    """The work of ``gooddrag bench run`` in this process; returns counts (selected, skipped, done, failed)."""
+def run_benchmark(args, rels: list[str] | None = None, pipe=None) -> dict:
+    """The work of ``gooddrag bench run`` in this process; returns counts (selected, skipped, done, failed).
+    ``pipe``: an already loaded pipeline (a Ray worker's), else it is loaded when there is work."""
     from tqdm.auto import tqdm
 
     plan = plan_run(args, rels)
     config, results, todo = plan.config, plan.results, plan.todo
     counts = {"selected": len(plan.selected), "skipped": len(plan.selected) - len(todo), "done": 0, "failed": 0}
     if todo:
-        from ..cli import _load_pipeline
+        if pipe is None:
+            from ..cli import _load_pipeline
 
-        pipe = _load_pipeline(args)
+            pipe = _load_pipeline(args)
         bar = tqdm(todo, desc=f"bench {config.method}", unit="sample", disable=args.no_progress,
                    dynamic_ncols=True)
         try:
@@ -291,44 +294,52 @@ def run_benchmark(args, rels: list[str] | None = None) -> dict:
 
 
 # ------------------------------------------------------------------------- Ray
-def split_work(rels: list[str], workers: int) -> list[list[str]]:
-    """Round-robin shares of ``rels`` for ``workers`` workers (no empty share)."""
-    return [share for share in (rels[i::workers] for i in range(max(1, workers))) if share]
+# The pipeline a Ray worker process loaded for an earlier task, keyed by the
+# model settings. Ray reuses worker processes between tasks of the same shape,
+# so each worker loads the model once, not once per sample.
+_WORKER_PIPELINE: dict[str, object] = {}
 
 
-def ray_worker(args, rels: list[str]) -> dict:
-    """One Ray task: edit exactly ``rels`` in this process (loads its own pipeline)."""
+def edit_on_ray(args, rel: str) -> dict:
+    """One Ray task: edit the sample ``rel`` (counts as :func:`run_benchmark` returns them).
+
+    A sample that fails is recorded in failures.jsonl as in a plain run; only a
+    dead worker makes the task itself fail (and Ray then retries it)."""
     import copy
 
     args = copy.copy(args)
-    args.ray, args.no_progress = None, True
-    return run_benchmark(args, rels=rels)
+    args.ray, args.no_progress, args.shard, args.filter, args.limit = None, True, None, None, None
+    key = json.dumps(_model_info(args), sort_keys=True, default=str)
+    if key not in _WORKER_PIPELINE:
+        from ..cli import _load_pipeline
 
-
-def _failure_lines(results: Path) -> int:
-    path = results / FAILURES
-    return len(path.read_text(encoding="utf-8").splitlines()) if path.is_file() else 0
+        _WORKER_PIPELINE.clear()
+        _WORKER_PIPELINE[key] = _load_pipeline(args)
+    return run_benchmark(args, rels=[rel], pipe=_WORKER_PIPELINE[key])
 
 
 def run_on_ray(args, ray=None, poll_s: float = 5.0) -> dict:
-    """``bench run --ray ADDRESS``: split the samples still to do between Ray tasks, one model each.
+    """``bench run --ray ADDRESS``: one Ray task per sample still to do.
 
-    Each task gets ``--ray-gpus`` GPUs (Ray sets its CUDA_VISIBLE_DEVICES) and
-    a round-robin share of the samples; every task writes into the same
-    RESULTS, so the dataset and RESULTS must be on a file system every node
-    sees, and gooddrag must be installed on every node. The driver shows one
-    bar over all samples, read from RESULTS. A task that dies leaves its
-    unfinished samples without ``run.json``: running the command again
-    resumes them. ``ray``: the module (tests pass a stand-in).
+    Each task asks for ``--ray-gpus`` GPUs (Ray sets its CUDA_VISIBLE_DEVICES)
+    and one CPU, so Ray runs as many at once as the cluster has room for
+    (``--ray-workers`` caps it). Ray itself retries a task whose worker or node
+    dies (``max_retries`` = ``--ray-retries``) on whatever worker is free; we
+    do no scheduling of our own. Every task writes into the same RESULTS, so
+    the dataset and RESULTS must be on a file system every node sees, and
+    gooddrag must be installed on every node. ``ray``: the module (tests pass a
+    stand-in).
     """
     from tqdm.auto import tqdm
 
     if args.shard:
-        raise GoodDragError("--shard and --ray do not combine: Ray splits the samples between its workers")
+        raise GoodDragError("--shard and --ray do not combine: Ray spreads the samples over its workers")
     if args.ray_workers is not None and args.ray_workers < 1:
         raise GoodDragError(f"--ray-workers must be at least 1, got {args.ray_workers}")
     if args.ray_gpus is not None and args.ray_gpus < 0:
         raise GoodDragError(f"--ray-gpus must be >= 0, got {args.ray_gpus}")
+    if args.ray_retries < 0:
+        raise GoodDragError(f"--ray-retries must be >= 0, got {args.ray_retries}")
     if ray is None:
         try:
             import ray
@@ -336,7 +347,7 @@ def run_on_ray(args, ray=None, poll_s: float = 5.0) -> dict:
             raise GoodDragError("--ray needs Ray on this machine and every node: pip install ray") from None
     plan = plan_run(args)
     counts = {"selected": len(plan.selected), "skipped": len(plan.selected) - len(plan.todo), "done": 0,
-              "failed": 0, "workers": 0, "workers_failed": 0}
+              "failed": 0, "lost": 0}
     if not plan.todo:
         return counts
     if args.ray == "local":
@@ -344,30 +355,33 @@ def run_on_ray(args, ray=None, poll_s: float = 5.0) -> dict:
     else:
         ray.init(address=args.ray)
     try:
-        resources = ray.cluster_resources()
-        gpus = args.ray_gpus if args.ray_gpus is not None else (1.0 if resources.get("GPU", 0) >= 1 else 0.0)
-        workers = args.ray_workers or (int(resources.get("GPU", 0) // gpus) if gpus else 1)
-        shares = split_work([s.rel for s in plan.todo], max(1, workers))
-        counts["workers"] = len(shares)
-        task = ray.remote(ray_worker)
-        lines0 = _failure_lines(plan.results)
-        pending = [task.options(num_gpus=gpus, num_cpus=1).remote(args, share) for share in shares]
-        bar = tqdm(total=len(plan.todo), desc=f"bench {plan.config.method} on {len(shares)} Ray worker(s)",
-                   unit="sample", disable=args.no_progress, dynamic_ncols=True)
+        gpus = args.ray_gpus if args.ray_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) >= 1
+                                                                 else 0.0)
+        task = ray.remote(edit_on_ray).options(num_gpus=gpus, num_cpus=1, max_retries=args.ray_retries)
+        waiting = list(plan.todo)
+        in_flight: dict = {}  # ObjectRef -> SampleRef
+        cap = args.ray_workers or len(waiting)
+        bar = tqdm(total=len(plan.todo), desc=f"bench {plan.config.method} on Ray", unit="sample",
+                   disable=args.no_progress, dynamic_ncols=True)
         try:
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
+            while waiting or in_flight:
+                while waiting and len(in_flight) < cap:
+                    sample = waiting.pop(0)
+                    in_flight[task.remote(args, sample.rel)] = sample
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=poll_s)
                 for ref in ready:
+                    sample = in_flight.pop(ref)
                     try:
                         got = ray.get(ref)
                         counts["done"] += got["done"]
                         counts["failed"] += got["failed"]
-                    except Exception as err:  # noqa: BLE001 - a dead worker must not lose the others' work
-                        counts["workers_failed"] += 1
-                        tqdm.write(f"a Ray worker failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}",
+                    except Exception as err:  # noqa: BLE001 - retries used up: record it, keep the others
+                        counts["lost"] += 1
+                        record_failure(plan.results, sample, err)
+                        tqdm.write(f"lost on Ray after {args.ray_retries} retries: {sample.rel}: "
+                                   f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}",
                                    file=sys.stderr)
-                finished = sum(1 for s in plan.todo if is_done(plan.results, s))
-                bar.update(min(len(plan.todo), finished + _failure_lines(plan.results) - lines0) - bar.n)
+                    bar.update(1)
         finally:
             bar.close()
     finally:
@@ -395,10 +409,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="split the samples between Ray workers: 'local' starts Ray on this machine, 'auto' joins "
                         "the running cluster, or ray://HOST:PORT (default: no Ray, one process)")
     r.add_argument("--ray-workers", type=int, default=None,
-                   help="number of workers, each loading the model once (default: the cluster's GPUs / --ray-gpus, "
-                        "else 1)")
+                   help="at most this many samples in flight (default: as many as the cluster's GPUs/CPUs allow)")
     r.add_argument("--ray-gpus", type=float, default=None,
-                   help="GPUs per worker (default: 1 when the cluster has GPUs, else 0)")
+                   help="GPUs per sample's task (default: 1 when the cluster has GPUs, else 0)")
+    r.add_argument("--ray-retries", type=int, default=3,
+                   help="times Ray retries a sample whose worker or node died (default: 3)")
 
 
 def cmd_run(args, say) -> int:
@@ -406,9 +421,8 @@ def cmd_run(args, say) -> int:
     ``say`` receives the one-line report (the CLI passes ``print``)."""
     counts = run_on_ray(args) if getattr(args, "ray", None) else run_benchmark(args)
     out = Path(args.out)
-    workers = (f" on {counts['workers']} Ray worker(s)" + (f", {counts['workers_failed']} of them failed (run again "
-               "to resume)" if counts["workers_failed"] else "")) if "workers" in counts else ""
+    failed = counts["failed"] + counts.get("lost", 0)
+    lost = f" ({counts['lost']} lost with their Ray workers)" if counts.get("lost") else ""
     say(f"{counts['selected']} sample(s) selected: {counts['done']} edited, {counts['skipped']} already done, "
-          f"{counts['failed']} failed" + (f" (see {out / FAILURES})" if counts["failed"] else "") + workers
-          + f"; results in {out}")
-    return 1 if counts["failed"] or counts.get("workers_failed") else 0
+        f"{failed} failed{lost}" + (f" (see {out / FAILURES})" if failed else "") + f"; results in {out}")
+    return 1 if failed else 0
