@@ -208,7 +208,7 @@ def edit_sample(pipe, sample: SampleRef, out: Path, config, args, dataset: Path)
 
 @dataclass
 class RunPlan:
-    """What one ``bench run`` (or one Ray worker) will do."""
+    """What one ``bench run`` (or one Ray task) will do."""
 
     config: object  # DragConfig
     dataset: Path
@@ -222,7 +222,7 @@ class RunPlan:
 def plan_run(args, rels: list[str] | None = None) -> RunPlan:
     """Check the settings, find and select the samples, write or check the manifest.
 
-    rels: exactly these samples (a Ray worker's share) instead of --filter / --shard / --limit.
+    rels: exactly these samples (a Ray task's) instead of --filter / --shard / --limit.
     """
     from ..cli import _config_from_args
     from ..outputs import package_versions
@@ -406,8 +406,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     _add_method_options(p, lora_file=False)
     r = p.add_argument_group("Ray (several GPUs or machines; needs `pip install ray` and a shared file system)")
     r.add_argument("--ray", default=None, metavar="ADDRESS",
-                   help="split the samples between Ray workers: 'local' starts Ray on this machine, 'auto' joins "
-                        "the running cluster, or ray://HOST:PORT (default: no Ray, one process)")
+                   help="spread the samples over Ray workers, one task each: 'local' starts Ray on this machine, "
+                        "'auto' joins the running cluster, or ray://HOST:PORT (default: no Ray, one process)")
     r.add_argument("--ray-workers", type=int, default=None,
                    help="at most this many samples in flight (default: as many as the cluster's GPUs/CPUs allow)")
     r.add_argument("--ray-gpus", type=float, default=None,
