@@ -176,7 +176,7 @@ def test_settings_presets_and_models():
     with pytest.raises(GoodDragError, match="must be a JSON object"):
         ui.parse_settings("[1, 2]")
     cfg = ui.make_config("shapes-gooddrag", {"lora_steps": 5.0, "lr": 0.5, "r1": None})
-    assert cfg.lora_steps == 5 and isinstance(cfg.lora_steps, int) and cfg.lr == 0.5 and cfg.r1 == 1
+    assert cfg.lora_steps == 5 and isinstance(cfg.lora_steps, int) and cfg.lr == 0.5 and cfg.r1 == 4  # None keeps the preset's
     with pytest.raises(GoodDragError, match="whole number"):
         ui.make_config("gooddrag", {"lora_steps": 2.5})
     with pytest.raises(GoodDragError, match="must be a number"):

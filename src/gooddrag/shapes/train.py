@@ -268,7 +268,7 @@ random tiny CLIP; the model was trained with the empty prompt only.
 | autoencoder | {rec['vae_config']['block_out_channels']} channels, 4x down, {rec['vae_config']['latent_channels']} latent channels; {rec['args']['vae_steps']} steps x batch {rec['args']['vae_batch']} of 32x32 crops, AdamW {rec['args'].get('vae_lr', 2e-3):g} cosine, MSE + 1e-6 KL; reconstruction PSNR {rec['vae_recon_psnr_db']} dB; scaling_factor {rec['scaling_factor']:.4f} |
 | UNet | {rec['unet_config']['block_out_channels']} channels, attention at 8x8 and 4x4; {rec['args']['unet_steps']} steps x batch {rec['args']['unet_batch']}, AdamW {rec['args'].get('unet_lr', 4e-4):g} cosine, eps-prediction MSE, EMA 0.999 |
 | final losses | autoencoder {rec['final_loss']['autoencoder']:.4f}, UNet {rec['final_loss']['unet']:.4f} (means of the last 100 / 200 steps) |
-| time | render {t['render_s']} s, autoencoder {t['vae_s']} s, UNet {t['unet_s']} s |
+| time | render {t['render_s']} s, autoencoder {t['vae_s']} s, UNet {t['unet_s']} s{(' (' + rec['note'] + ')') if rec.get('note') else ''} |
 | device | {rec['device']}, torch {rec['torch']} |
 | weights | stored in fp16 (loaded as fp32) |
 
