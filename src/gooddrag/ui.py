@@ -1030,7 +1030,7 @@ def build_app(
                 preset_box = gr.Dropdown(
                     choices=[(PRESET_LABELS.get(p, p), p) for p in PRESETS], value=start_preset,
                     label="Method / preset", info="GoodDrag (AIDD) or the DragDiffusion baseline; shapes-* "
-                    "settings are scaled for the 64x64 model", elem_id="preset",
+                    "settings fit the 64x64 model", elem_id="preset",
                 )
                 prompt_box = gr.Textbox(label="Prompt", info="text for the model (empty by default)",
                                         elem_id="prompt")
