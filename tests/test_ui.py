@@ -471,9 +471,13 @@ def test_browser_example_points_undo_clear_and_cancel(served, tmp_path):
             page.locator("#run").click()
             page.get_by_text("Cannot run: No points").wait_for(timeout=30_000)
 
+            # one click at a time: each click re-renders the points image, and a second click sent
+            # before the first one's answer arrived was lost once in CI
             ib = page.locator("#points-image img").bounding_box()
-            for fx in (0.5, 0.7):
-                page.mouse.click(ib["x"] + ib["width"] * fx, ib["y"] + ib["height"] * 0.35)
+            page.mouse.click(ib["x"] + ib["width"] * 0.5, ib["y"] + ib["height"] * 0.35)
+            page.get_by_text("next click: its target").wait_for(timeout=30_000)
+            ib = page.locator("#points-image img").bounding_box()
+            page.mouse.click(ib["x"] + ib["width"] * 0.7, ib["y"] + ib["height"] * 0.35)
             page.get_by_text("1 pair(s)").wait_for(timeout=30_000)
 
             page.locator("#setting-lora_steps input").fill("2000")  # long enough to cancel
