@@ -471,12 +471,19 @@ def test_browser_example_points_undo_clear_and_cancel(served, tmp_path):
             page.locator("#run").click()
             page.get_by_text("Cannot run: No points").wait_for(timeout=30_000)
 
-            # one click at a time: each click re-renders the points image, and a second click sent
-            # before the first one's answer arrived was lost once in CI
-            ib = page.locator("#points-image img").bounding_box()
+            # one click at a time: each click replaces the points image, and a click that lands while
+            # the old image is being swapped out is not seen by the page (lost twice in full CI runs);
+            # so wait for the new image to be in place and loaded before the next click
+            img = page.locator("#points-image img")
+            old_src = img.get_attribute("src")
+            ib = img.bounding_box()
             page.mouse.click(ib["x"] + ib["width"] * 0.5, ib["y"] + ib["height"] * 0.35)
             page.get_by_text("next click: its target").wait_for(timeout=30_000)
-            ib = page.locator("#points-image img").bounding_box()
+            page.wait_for_function(
+                "old => { const i = document.querySelector('#points-image img');"
+                " return i && i.getAttribute('src') !== old && i.complete && i.naturalWidth > 0; }",
+                arg=old_src, timeout=30_000)
+            ib = img.bounding_box()
             page.mouse.click(ib["x"] + ib["width"] * 0.7, ib["y"] + ib["height"] * 0.35)
             page.get_by_text("1 pair(s)").wait_for(timeout=30_000)
 
