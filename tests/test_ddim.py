@@ -49,7 +49,7 @@ def _invert_and_denoise(pipe, latents, schedule):
     z = pipe.invert(latents, text, schedule, progress=False)
     with torch.no_grad():
         for k in range(len(schedule)):
-            eps = pipe._eps(z, schedule.timesteps[k], text)
+            eps = pipe.model_output(z, schedule.timesteps[k], text)
             z = ddim_step(z, eps, schedule.alphas[k], schedule.alphas_prev[k], pipe.scheduler.config.prediction_type)
     return z
 

@@ -87,5 +87,5 @@ def test_bf16_weights_load_and_run(tiny_model_dir):
     pipe = DragPipeline.from_pretrained(str(tiny_model_dir), device="cpu", dtype="bf16")
     assert pipe.unet.dtype == torch.bfloat16
     z = torch.randn(1, 4, 8, 8)
-    out = pipe._eps(z, torch.tensor(10), pipe.encode_prompt(""))
+    out = pipe.model_output(z, torch.tensor(10), pipe.encode_prompt(""))
     assert out.dtype == torch.float32 and torch.isfinite(out).all()

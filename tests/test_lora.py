@@ -12,7 +12,7 @@ def _unet_out(pipe):
     torch.manual_seed(3)
     z = torch.randn(1, 4, 16, 16)
     with torch.no_grad():
-        return pipe._eps(z, torch.tensor(400), pipe.encode_prompt(""))
+        return pipe.model_output(z, torch.tensor(400), pipe.encode_prompt(""))
 
 
 def test_train_save_cache_and_reload(tiny_pipe, tmp_path):

@@ -122,7 +122,7 @@ def _unet_out(pipe, batch=2):
     torch.manual_seed(3)
     z = torch.randn(batch, 4, 16, 16)
     with torch.no_grad():
-        return pipe._eps(z, torch.tensor(400), pipe.encode_prompt(""))
+        return pipe.model_output(z, torch.tensor(400), pipe.encode_prompt(""))
 
 
 def test_fused_lora_gives_the_same_unet_output_and_the_base_comes_back_exactly(tiny_pipe, tmp_path):

@@ -384,7 +384,7 @@ class DragPipeline:
         return self.sd.image_processor.postprocess(out.float(), output_type="pil")
 
     # ---------------------------------------------------------- UNet calls
-    def _eps(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def model_output(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Model output (eps or v) for fp32 latents (B, c, h, w), returned in fp32.
 
         The UNet runs in its weights' dtype (fp16/bf16 or fp32), forward and
@@ -405,7 +405,7 @@ class DragPipeline:
         n = len(schedule)
         for i, k in enumerate(tqdm(range(n - 1, -1, -1), desc="inversion", disable=not progress, leave=False)):
             t = schedule.timesteps[k].to(self.device)
-            eps = self._eps(latents, t, text)
+            eps = self.model_output(latents, t, text)
             latents = ddim_step(latents, eps, schedule.alphas_prev[k], schedule.alphas[k], pt)
             if callback is not None:
                 callback(StepEvent("inversion", i + 1, n))
@@ -453,7 +453,7 @@ class DragPipeline:
             with torch.no_grad():
                 for k in range(n_drag):
                     t = schedule.timesteps[k].to(self.device)
-                    eps = self._eps(source[-1], t, text)
+                    eps = self.model_output(source[-1], t, text)
                     f0 = hook.features(inputs.sup_size)  # (1, C, h_sup, w_sup)
                     ref_vectors.append(features_at(f0, handle_init))  # (N, C)
                     ref_patches.append(sample_patches(f0, handle_init, offsets))  # (N, C, P)
@@ -487,7 +487,7 @@ class DragPipeline:
                         stack.enter_context(mutual_self_attention(self.unet, config.mutual_attention_start_layer))
                     with torch.no_grad():
                         both = torch.cat([src, z])  # (2, c, h, w): [source, edited]
-                        eps = self._eps(both, t, text)
+                        eps = self.model_output(both, t, text)
                         src, z = ddim_step(both, eps, a, a_prev, pt).chunk(2)
                         if (keep_trajectory and k < n_drag) or callback is not None:
                             x0 = ddim_step(both[1:], eps[1:], a, one, pt)  # predicted clean latent of the edit
@@ -540,7 +540,7 @@ class DragPipeline:
 
         for _ in range(config.track_per_step):
             for s in range(config.max_drag_per_track):
-                eps = self._eps(z, t, text)
+                eps = self.model_output(z, t, text)
                 features = hook.features(sup_size)  # (1, C, h_sup, w_sup)
                 if s == 0 and stats.drag_steps > 0:
                     track(features)
@@ -563,7 +563,7 @@ class DragPipeline:
             bar.update(1)
         if last and not stopped:
             with torch.no_grad():
-                self._eps(z, t, text)
+                self.model_output(z, t, text)
                 track(hook.features(sup_size))
         if steps_here:
             stats.drag_timesteps += 1
