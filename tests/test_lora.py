@@ -78,3 +78,33 @@ def test_explicit_lora_file_is_used(tiny_pipe, tmp_path):
         lora.remove_lora(tiny_pipe.unet)
     with pytest.raises(GoodDragError, match="no such file"):
         tiny_pipe.prepare_lora(inputs, "", cfg, lora_path=tmp_path / "missing.safetensors", progress=False)
+
+
+def _state(unet):
+    return {k: v.clone() for k, v in unet.state_dict().items()}
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_remove_lora_restores_the_unet_keys_included(tiny_pipe, tmp_path, fused):
+    """After training (and fusing) a LoRA and removing it, the UNet is the base model again: the same
+    state_dict keys (no peft wrapper left behind) and bit-identical values, so tests that compare the
+    session's UNet with a freshly loaded one pass in any order."""
+    before = _state(tiny_pipe.unet)
+    modules_before = [type(m) for m in tiny_pipe.unet.modules()]
+    cfg = tiny_config(lora_steps=1, lora_batch_size=1)
+    inputs = tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], None, cfg)
+    try:
+        tiny_pipe.prepare_lora(inputs, "", cfg, cache_dir=tmp_path, progress=False)
+        assert tiny_pipe.unet.state_dict().keys() != before.keys()  # the adapter is there
+        if fused:
+            assert lora.fuse_lora(tiny_pipe.unet)
+    finally:
+        lora.remove_lora(tiny_pipe.unet)
+    after = tiny_pipe.unet.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert [type(m) for m in tiny_pipe.unet.modules()] == modules_before
+    assert not getattr(tiny_pipe.unet, "peft_config", None)
+    assert all(not p.requires_grad for p in tiny_pipe.unet.parameters())
+    lora.remove_lora(tiny_pipe.unet)  # nothing attached: a no-op
+    assert list(tiny_pipe.unet.state_dict()) == list(before)

@@ -70,10 +70,16 @@ def add_lora(unet, rank: int) -> None:
 
 
 def remove_lora(unet) -> None:
-    """Detach our adapter, if any (fused or not), so the UNet is the base model again, bit for bit."""
+    """Detach our adapter, if any (fused or not), so the UNet is the base model again, bit for bit
+    and module for module: once no adapter is left, peft's wrapper layers are replaced by the
+    layers they wrap, so ``unet.state_dict()`` has the base model's keys again."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     _unfuse_lora(unet)
     if ADAPTER_NAME in getattr(unet, "peft_config", {}):
         unet.delete_adapters(ADAPTER_NAME)
+    if not getattr(unet, "peft_config", None) and any(isinstance(m, BaseTunerLayer) for m in unet.modules()):
+        unet.unload_lora()  # an empty wrapper (base_layer.weight) -> the base layer (weight)
 
 
 def fuse_lora(unet, backup_device: torch.device | str | None = None) -> bool:
