@@ -125,13 +125,18 @@ def _load_vae_source(source: ModelSource, dtype: torch.dtype, vae_config: str | 
 
 
 def _from_source(source: ModelSource, kwargs: dict, model_config: str | None):
-    from diffusers import StableDiffusionPipeline
+    # SD 1.x/2.x or SDXL, read from the model's own configs (or tensor names), never from its name.
+    from .backbone import detect_backbone, pipeline_class, pipeline_kwargs
 
+    kind = detect_backbone(source, model_config)
+    cls = pipeline_class(kind)
+    kwargs = kwargs | pipeline_kwargs(kind)
+    logger.info("model %s: %s backbone (%s)", source.location, kind, cls.__name__)
     if source.kind == "file":
         if model_config:
             kwargs = kwargs | {"config": model_config}
-        return StableDiffusionPipeline.from_single_file(source.location, **kwargs)
-    return StableDiffusionPipeline.from_pretrained(source.location, **kwargs)
+        return cls.from_single_file(source.location, **kwargs)
+    return cls.from_pretrained(source.location, **kwargs)
 
 
 def load_components(
@@ -142,7 +147,16 @@ def load_components(
     vae_config: str | None = None,
     dtype: torch.dtype = torch.float32,
 ):
-    """Load a ``StableDiffusionPipeline`` (on the CPU, in ``dtype``) and return it with its source.
+    """Load a diffusers pipeline (on the CPU, in ``dtype``) and return ``(pipe, source)``.
+
+    ``pipe`` is a ``StableDiffusionPipeline`` for SD 1.x/2.x models and a
+    ``StableDiffusionXLPipeline`` for SDXL (base and fine-tunes), as the model's
+    own configs say (:func:`gooddrag.backbone.detect_backbone`); both have
+    ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``,
+    ``image_processor`` and ``encode_prompt``; SDXL adds ``text_encoder_2`` and
+    ``tokenizer_2``. :func:`gooddrag.backbone.backbone_kind` tells them apart
+    and :func:`gooddrag.backbone.encode_conditioning` encodes a prompt for either.
+    ``source`` is the :class:`ModelSource`. Every model is frozen, in eval mode.
 
     model: hub id, local diffusers folder or single-file checkpoint. For a
     single file, ``model_config`` (a diffusers folder or hub id) gives the
@@ -151,7 +165,7 @@ def load_components(
     vae: optional separate VAE (hub id, folder or single file).
     """
     source = classify_source(model)
-    kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    kwargs = dict(torch_dtype=dtype)  # + the backbone's own (gooddrag.backbone.pipeline_kwargs)
     try:
         with warnings.catch_warnings():
             # diffusers >= 0.36 renames torch_dtype to dtype; older ones only know torch_dtype.
@@ -169,8 +183,19 @@ def load_components(
             raise _offline_hint("model", model, err) from None
         raise GoodDragError(f"cannot load model {model!r}: {str(err).splitlines()[0]}") from None
     if vae is not None:
+        scaling_factor = pipe.vae.config.scaling_factor
         pipe.vae = _load_vae(vae, dtype, vae_config)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        if pipe.vae.config.scaling_factor != scaling_factor:
+            # The latent scale is the base model's (what its UNet was trained on: SD 0.18215,
+            # SDXL 0.13025); a VAE file loaded without its config gets diffusers' SD default.
+            logger.warning(
+                "VAE %s has scaling_factor %s; using the model's %s", vae, pipe.vae.config.scaling_factor,
+                scaling_factor,
+            )
+            pipe.vae.register_to_config(scaling_factor=scaling_factor)
+    from .backbone import text_encoders
+
+    for module in (pipe.unet, pipe.vae, *text_encoders(pipe)):
         module.requires_grad_(False)
         module.eval()
     return pipe, source

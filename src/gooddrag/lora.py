@@ -160,6 +160,7 @@ def train_lora(
     step_callback: Callable[[int, int, float], None] | None = None,
     *,
     fused_adam: bool = False,
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None,
 ) -> list[float]:
     """Fine-tune a fresh LoRA on one image; returns the loss per step (floats).
 
@@ -169,6 +170,9 @@ def train_lora(
     all before the loop, in the order the steps use them, and moved to the
     device in one copy: the loop never waits for the host. ``fused_adam``:
     torch's fused AdamW kernel (CUDA; the same update up to rounding).
+    ``added_cond_kwargs``: SDXL's added conditioning for batch 1
+    (``{"text_embeds": (1, P), "time_ids": (1, 6)}``, see
+    :class:`gooddrag.backbone.Conditioning`); None for SD.
     """
     from diffusers.training_utils import cast_training_params
 
@@ -194,6 +198,9 @@ def train_lora(
     bsz = config.lora_batch_size
     mean, std = latent_dist.mean.float(), latent_dist.std.float()  # (1, 4, h, w)
     cond = text_embeddings.expand(bsz, -1, -1)
+    added = None  # (B, P) pooled text, (B, 6) time ids, in the model's dtype
+    if added_cond_kwargs is not None:
+        added = {k: v.expand(bsz, *v.shape[1:]).to(model_dtype) for k, v in added_cond_kwargs.items()}
     autocast = torch.autocast(device.type, dtype=model_dtype, enabled=model_dtype != torch.float32)
     losses: list[float] = []
     shape = (bsz, *mean.shape[1:])
@@ -216,7 +223,9 @@ def train_lora(
         else:
             raise ValueError(f"unsupported prediction_type {prediction_type!r}")
         with autocast:
-            pred = unet(noisy.to(model_dtype), timesteps, encoder_hidden_states=cond.to(model_dtype)).sample
+            pred = unet(
+                noisy.to(model_dtype), timesteps, encoder_hidden_states=cond.to(model_dtype), added_cond_kwargs=added
+            ).sample
         loss = torch.nn.functional.mse_loss(pred.float(), target.float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
