@@ -1,6 +1,8 @@
-"""Write a diffusers folder back out as an original (CompVis/LDM) single-file checkpoint.
+"""Test fixture: write a diffusers folder back out as an original (CompVis/LDM) single-file checkpoint.
 
-This module exists so tests can exercise the *real* single-file loading path
+Used only by the tests (tests/test_loading.py); it lived in the package as
+``gooddrag.testing_single_file`` until it was folded into the test fixtures.
+It exists so tests can exercise the *real* single-file loading path
 (``StableDiffusionPipeline.from_single_file`` / ``AutoencoderKL.from_single_file``)
 offline: it turns the tiny pipeline of :mod:`gooddrag.testing` into a file laid
 out like the ones users download (``v1-5-pruned-emaonly.safetensors`` and
@@ -22,7 +24,7 @@ reproduces the original weights exactly.
 Usage::
 
     python -m gooddrag.testing /tmp/tiny-sd
-    python -m gooddrag.testing_single_file /tmp/tiny-sd /tmp/tiny-sd.safetensors
+    python -m tests.single_file_checkpoint /tmp/tiny-sd /tmp/tiny-sd.safetensors
 """
 
 from __future__ import annotations
@@ -226,5 +228,5 @@ def save_single_file_checkpoint(diffusers_folder: str | Path, out_path: str | Pa
 
 if __name__ == "__main__":  # pragma: no cover - thin script
     if len(sys.argv) != 3:
-        sys.exit("usage: python -m gooddrag.testing_single_file DIFFUSERS_FOLDER OUTPUT.safetensors|OUTPUT.ckpt")
+        sys.exit("usage: python -m tests.single_file_checkpoint DIFFUSERS_FOLDER OUTPUT.safetensors|OUTPUT.ckpt")
     save_single_file_checkpoint(sys.argv[1], sys.argv[2])

@@ -30,7 +30,7 @@ from gooddrag.benchmark import evaluate as E
 from gooddrag.benchmark import metrics as M
 from gooddrag.benchmark import register_commands, run_command
 from gooddrag.benchmark import runner as R
-from gooddrag.cli import METHOD_SETTINGS
+from gooddrag.options import METHOD_SETTINGS
 from gooddrag.errors import GoodDragError
 from gooddrag.outputs import RESULT_FILES
 

@@ -22,7 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gooddrag.cli import METHOD_SETTINGS, build_parser, main
+from gooddrag.cli import build_parser, main
+from gooddrag.options import METHOD_SETTINGS
 from gooddrag.config import DragConfig
 from gooddrag.outputs import RESULT_FILES
 from gooddrag.samples import load_sample

@@ -5,7 +5,7 @@ import torch
 
 from gooddrag import DragPipeline, GoodDragError
 from gooddrag.loading import classify_source, load_components, resolve_device, resolve_dtype
-from gooddrag.testing_single_file import diffusers_to_ldm_state_dict, save_single_file_checkpoint
+from .single_file_checkpoint import diffusers_to_ldm_state_dict, save_single_file_checkpoint
 
 
 def _same_weights(a, b):

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from gooddrag import ui
+from gooddrag.ui import engine, state
 from gooddrag.errors import GoodDragError
 from gooddrag.outputs import RESULT_FILES
 
@@ -36,173 +37,15 @@ FAST = {"lora_steps": 5, "num_inference_steps": 10, "drag_end_step": 2, "track_p
 """Small settings: the edit takes a few seconds on one CPU thread."""
 
 
-# ------------------------------------------------------------------ points
-def test_point_list_add_undo_clear_and_pairs():
-    pts = ui.add_point([], [3, 4])
-    pts = ui.add_point(pts, [10, 4])
-    pts = ui.add_point(pts, [5, 6])
-    assert pts == [[3, 4], [10, 4], [5, 6]]
-    with pytest.raises(GoodDragError, match="handle 2 .* has no target"):
-        ui.split_points(pts)
-    assert ui.points_to_text(pts) == "3,4>10,4"  # the pending handle is left out
-    pts = ui.add_point(pts, [7.5, 9])
-    handles, targets = ui.split_points(pts)
-    np.testing.assert_array_equal(handles, [[3, 4], [5, 6]])
-    np.testing.assert_array_equal(targets, [[10, 4], [7.5, 9]])
-    assert ui.points_to_text(pts) == "3,4>10,4; 5,6>7.5,9"
-    assert ui.points_from_text(ui.points_to_text(pts)) == pts
-    before = list(pts)
-    assert ui.undo_point(pts) == pts[:-1] and pts == before  # pure: the input is not changed
-    assert ui.undo_point([]) == []
-    assert ui.clear_points() == []
-    with pytest.raises(GoodDragError, match="no points"):
-        ui.split_points([])
-    with pytest.raises(GoodDragError, match="no points"):
-        ui.points_from_text("  ")
-    with pytest.raises(GoodDragError, match="not 'x,y>x,y'"):
-        ui.points_from_text("1,2>3")
-
-
-def test_describe_points_says_what_the_next_click_does():
-    assert "handle" in ui.describe_points([]) and "No points" in ui.describe_points([])
-    assert "target" in ui.describe_points([[1, 2]])
-    text = ui.describe_points([[1, 2], [3, 4]])
-    assert "1 pair(s): 1,2>3,4" in text and "new **handle**" in text
-
-
-def test_display_frames_map_clicks_back_to_input_pixels():
-    assert ui.display_scale(64, 64) == 8
-    assert ui.display_scale(96, 80) == 5
-    assert ui.display_scale(1024, 300) == 1
-    assert ui.click_to_image([0, 0], 8, (64, 64)) == [0, 0]
-    assert ui.click_to_image([15, 8], 8, (64, 64)) == [1, 1]
-    assert ui.click_to_image([511.9, 600], 8, (64, 64)) == [63, 63]  # clamped inside
-    img = Image.new("RGB", (64, 48), (10, 20, 30))
-    big = ui.to_display(img, 8)
-    assert big.size == (512, 384)
-    np.testing.assert_array_equal(np.asarray(big)[::8, ::8], np.asarray(img))
-
-
-def test_overlay_draws_pairs_and_a_pending_handle():
-    img = Image.new("RGB", (64, 64), (0, 0, 0))
-    mask = np.zeros((64, 64), bool)
-    mask[20:40, 10:50] = True
-    out = np.asarray(ui.draw_overlay(img, [[20, 30], [40, 30], [10, 10]], 8, mask))
-    assert out.shape == (512, 512, 3)
-    red = (out[..., 0] > 200) & (out[..., 1] < 80) & (out[..., 2] < 80)
-    blue = (out[..., 2] > 200) & (out[..., 0] < 80)
-    assert red[30 * 8 + 3, 20 * 8 + 3] and red[10 * 8 + 3, 10 * 8 + 3]  # both handles
-    assert blue[30 * 8 + 3, 40 * 8 + 3]
-
-
-# ------------------------------------------------------------------- masks
-def _layer(shape, box, alpha=140):
-    layer = np.zeros((*shape, 4), np.uint8)
-    y0, y1, x0, x1 = box
-    layer[y0:y1, x0:x1] = [40, 200, 120, alpha]
-    return layer
-
-
-def test_mask_from_editor_layers_is_the_union_of_painted_strokes():
-    # Display 8x the 64x64 input: two strokes on two layers, anti-aliased edge (alpha 1) included.
-    a = _layer((512, 512), (80, 160, 80, 160))
-    b = _layer((512, 512), (400, 401, 300, 309), alpha=1)  # one display row: covers input row 50
-    mask = ui.mask_from_editor({"background": None, "layers": [a, b], "composite": None}, (64, 64))
-    assert mask.shape == (64, 64) and mask.dtype == bool
-    expected = np.zeros((64, 64), bool)
-    expected[10:20, 10:20] = True
-    expected[50, 37:39] = True  # display cols 300..308 touch input cols 37 and 38
-    np.testing.assert_array_equal(mask, expected)
-    # PIL layers and layers of the input's size work too
-    pil = Image.fromarray(_layer((64, 64), (0, 2, 0, 3)), "RGBA")
-    assert ui.mask_from_layers([pil], (64, 64)).sum() == 6
-
-
-def test_mask_from_editor_empty_or_erased_is_none():
-    assert ui.mask_from_editor(None, (64, 64)) is None
-    assert ui.mask_from_editor({"background": None, "layers": [], "composite": None}, (64, 64)) is None
-    erased = _layer((512, 512), (0, 100, 0, 100), alpha=0)  # the eraser leaves alpha 0
-    assert ui.mask_from_layers([erased], (64, 64)) is None
-
-
-def test_mask_layer_round_trips():
-    mask = np.zeros((16, 20), bool)
-    mask[3:9, 4:15] = True
-    layer = ui.mask_layer(mask, 4)
-    assert layer.shape == (64, 80, 4)
-    np.testing.assert_array_equal(ui.mask_from_layers([layer], (20, 16)), mask)
-    assert ui.mask_layer(None, 4) is None
-
-
-# ---------------------------------------------------------- uploads, checks
-def test_upload_checks_type_size_and_pixels(tmp_path):
-    good = tmp_path / "photo.png"
-    Image.new("RGB", (40, 30), (1, 2, 3)).save(good)
-    assert ui.load_upload(good).size == (40, 30)
-    rgba = tmp_path / "rgba.webp"
-    Image.new("RGBA", (8, 8), (1, 2, 3, 100)).save(rgba)
-    assert ui.load_upload(rgba).mode == "RGB"
-    with pytest.raises(GoodDragError, match=r"photo.png' is 0.0 MB; the limit is 0 MB"):
-        ui.load_upload(good, max_bytes=10)
-    with pytest.raises(GoodDragError, match=r"40x30 = 0.0 megapixels; the limit is 0.0"):
-        ui.load_upload(good, max_pixels=1000)
-    text = tmp_path / "notes.png"
-    text.write_text("not an image")
-    with pytest.raises(GoodDragError, match="is not an image this app reads"):
-        ui.load_upload(text)
-    ppm = tmp_path / "pic.ppm"
-    Image.new("RGB", (4, 4)).save(ppm)
-    with pytest.raises(GoodDragError, match="is a PPM image; use one of PNG, JPEG"):
-        ui.load_upload(ppm)
-    with pytest.raises(GoodDragError, match="no such file"):
-        ui.load_upload(tmp_path / "missing.png")
-
-
-def test_run_problem_messages():
-    img = Image.new("RGB", (64, 64))
-    assert ui.run_problem(None, []) == "No image: upload one or pick an example first."
-    assert ui.run_problem(img, []).startswith("No points: click a handle")
-    assert "has no target yet" in ui.run_problem(img, [[1, 2]])
-    assert "outside the 64x64 image" in ui.run_problem(img, [[1, 2], [70, 2]])
-    assert "equals its target" in ui.run_problem(img, [[1, 2], [1, 2]])
-    assert "the mask is 8x8" in ui.run_problem(img, [[1, 2], [3, 4]], np.ones((8, 8), bool)).lower()
-    assert ui.run_problem(img, [[1, 2], [3, 4]]) is None
-
-
-def test_settings_presets_and_models():
-    assert ui.parse_settings("") == {} and ui.parse_settings('{"lr": 0.1}') == {"lr": 0.1}
-    with pytest.raises(GoodDragError, match="not valid JSON"):
-        ui.parse_settings("{lr: 1")
-    with pytest.raises(GoodDragError, match="must be a JSON object"):
-        ui.parse_settings("[1, 2]")
-    cfg = ui.make_config("shapes-gooddrag", {"lora_steps": 5.0, "lr": 0.5, "r1": None})
-    assert cfg.lora_steps == 5 and isinstance(cfg.lora_steps, int) and cfg.lr == 0.5 and cfg.r1 == 4  # None keeps the preset's
-    with pytest.raises(GoodDragError, match="whole number"):
-        ui.make_config("gooddrag", {"lora_steps": 2.5})
-    with pytest.raises(GoodDragError, match="must be a number"):
-        ui.make_config("gooddrag", {"lr": "fast"})
-    with pytest.raises(GoodDragError, match="unknown setting"):
-        ui.make_config("gooddrag", {"speed": 3})
-    with pytest.raises(GoodDragError, match="invalid setting"):
-        ui.make_config("gooddrag", {"drag_end_step": 0})
-    assert ui.default_preset(ui.SHAPES_MODEL) == "shapes-gooddrag"
-    assert ui.default_preset("stable-diffusion-v1-5/stable-diffusion-v1-5") == "gooddrag"
-    assert ui.preset_for_model("some/sd", "shapes-dragdiffusion") == "dragdiffusion"
-    assert ui.preset_for_model(ui.SHAPES_MODEL, "dragdiffusion") == "shapes-dragdiffusion"
-    assert Path(ui.resolve_model(ui.SHAPES_MODEL), "model_index.json").is_file()
-    with pytest.raises(GoodDragError, match="no model"):
-        ui.resolve_model(" ")
-
-
 def test_result_names_and_zip(tmp_path):
-    names = {ui.result_name() for _ in range(20)}
+    names = {engine.result_name() for _ in range(20)}
     assert len(names) == 20
     assert all(len(n) == len("20250101-120000-abcdef") and n[8] == "-" for n in names)
     folder = tmp_path / "run1"
     folder.mkdir()
     (folder / "a.txt").write_text("a")
     (folder / "b.png").write_bytes(b"b")
-    z = ui.zip_folder(folder, tmp_path / "run1.zip")
+    z = engine.zip_folder(folder, tmp_path / "run1.zip")
     assert sorted(zipfile.ZipFile(z).namelist()) == ["run1/a.txt", "run1/b.png"]
 
 
@@ -225,7 +68,7 @@ def test_engine_cancel_stops_cleanly_and_the_next_run_works(tmp_path):
     engine = ui.Engine(tmp_path / "results", "cpu", lora_cache_dir=tmp_path / "lora")
     case = make_case(0)
     image = Image.fromarray(case.image)
-    points = ui._interleave(case.handle_points, case.target_points)
+    points = state.interleave_points(case.handle_points, case.target_points)
     seen = []
 
     def cancel_at_inversion(ev):

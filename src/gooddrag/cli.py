@@ -11,84 +11,9 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import METHODS, PRESETS, DragConfig, get_preset
+from .config import METHODS
 from .errors import GoodDragError
-
-# (flag, DragConfig field, type, one-line help). Defaults are the chosen
-# method's preset; --help prints both presets' values.
-METHOD_SETTINGS = [
-    ("--resolution", "resolution", int, "working long side in pixels (sides rounded to what the UNet needs)"),
-    ("--lora-steps", "lora_steps", int, "LoRA steps on the input image; 0 = no LoRA"),
-    ("--lora-rank", "lora_rank", int, "LoRA rank"),
-    ("--lora-lr", "lora_lr", float, "LoRA learning rate"),
-    ("--lora-batch-size", "lora_batch_size", int, "LoRA batch size"),
-    ("--num-inference-steps", "num_inference_steps", int, "DDIM steps of the full schedule"),
-    ("--inversion-strength", "inversion_strength", float, "fraction of the schedule inverted"),
-    ("--drag-end-step", "drag_end_step", int, "denoising timesteps with drag work (AIDD)"),
-    ("--track-per-step", "track_per_step", int, "point-tracking rounds per drag timestep"),
-    ("--max-drag-per-track", "max_drag_per_track", int, "optimiser steps between two trackings"),
-    ("--max-track-no-change", "max_track_no_change", int, "stop after this many rounds without movement; 0 = off"),
-    ("--drag-loss-threshold", "drag_loss_threshold", float, "end a round early below this drag loss; 0 = off"),
-    ("--lr", "lr", float, "Adam learning rate on the latent"),
-    ("--r1", "r1", int, "motion-supervision patch radius (supervision cells)"),
-    ("--r2", "r2", int, "point-tracking search radius (supervision cells)"),
-    ("--beta", "beta", float, "step length towards the target (supervision cells)"),
-    ("--lambda", "lam", float, "weight of the background (outside-mask) term"),
-    ("--feature-block", "feature_block", int, "decoder block for features: 0 = mid, 1.. = up blocks"),
-    ("--mutual-attention-start-layer", "mutual_attention_start_layer", int,
-     "first self-attention layer (counted down, mid, up) with mutual self-attention"),
-]
-
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    from .loading import DEFAULT_MODEL
-
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL,
-                   help="hub id, local diffusers folder, or single-file .safetensors/.ckpt (default: %(default)s)")
-    g.add_argument("--model-config", default=None,
-                   help="for a single-file --model: diffusers folder or hub id with its configs (default: inferred)")
-    g.add_argument("--vae", default=None,
-                   help="separate VAE: hub id, folder or single file, e.g. stabilityai/sd-vae-ft-mse (default: the model's)")
-    g.add_argument("--vae-config", default=None, help="for a single-file --vae: its config folder (default: inferred)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="model weights; fp16 is the usual choice on a GPU (default: %(default)s)")
-    g.add_argument("--low-memory", action="store_true",
-                   help="for 8 GB GPUs: gradient checkpointing, VAE tiling and slicing; slower, same result "
-                        "up to rounding (default: off)")
-
-
-def _add_input_options(p: argparse.ArgumentParser, points: bool = True) -> None:
-    p.add_argument("sample", nargs="?", default=None,
-                   help="sample folder in Drag100 (original.jpg, mask.png, points.json) or "
-                        "DragBench (original_image.png, meta_data.pkl) layout (default: none; use --image)")
-    g = p.add_argument_group("inputs (instead of a sample folder)")
-    g.add_argument("--image", default=None, help="input image file (default: none)")
-    if points:
-        g.add_argument("--mask", default=None, help="mask image, white = may change (default: everything may change)")
-        g.add_argument("--points", default=None, help="'x,y>x,y; x,y>x,y': handle > target pairs in image pixels (default: none; required with --image)")
-    g.add_argument("--prompt", default=None, help="text prompt (default: the sample's, else empty)")
-
-
-def _add_method_options(p: argparse.ArgumentParser, lora_file: bool = True) -> None:
-    g = p.add_argument_group("method settings (default: the --method preset's value)")
-    g.add_argument("--method", default=None, choices=list(METHODS),
-                   help="gooddrag (AIDD + information-preserving loss) or the dragdiffusion baseline "
-                        "(default: the preset's, else gooddrag)")
-    g.add_argument("--preset", default=None, choices=list(PRESETS),
-                   help="named settings; shapes-* are for the shipped shapes-64 model (default: the method's name)")
-    for flag, name, typ, text in METHOD_SETTINGS:
-        values = ", ".join(f"{m} {getattr(PRESETS[m], name)}" for m in METHODS)
-        g.add_argument(flag, dest=name, type=typ, default=None, help=f"{text} (default: {values})")
-    g.add_argument("--seed", type=int, default=PRESETS["gooddrag"].seed,
-                   help="seed of the LoRA's noise and timesteps (default: %(default)s)")
-    if lora_file:
-        g.add_argument("--lora", default=None,
-                       help="use this LoRA (folder or .safetensors) (default: the cached one, else one trained now)")
-    g.add_argument("--lora-cache-dir", default=None,
-                   help="where trained LoRAs are cached (default: $GOODDRAG_CACHE/lora or ~/.cache/gooddrag/lora)")
-
+from .options import add_input_options, add_method_options, add_model_options, config_from_args, load_pipeline
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -100,22 +25,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     edit = sub.add_parser("edit", help="drag the content under handle points to target points",
                           description="Drag the content under each handle point to its target point.")
-    _add_input_options(edit)
+    add_input_options(edit)
     out = edit.add_argument_group("output")
     out.add_argument("--out", default=None,
                      help="output folder (default: results/<sample or image name>-<method>)")
     out.add_argument("--trajectory", action="store_true", help="also write trajectory.gif, one frame per drag timestep (default: off)")
     out.add_argument("--overwrite", action="store_true", help="replace an existing output folder (default: refuse)")
     out.add_argument("--no-progress", action="store_true", help="hide the progress bars (default: shown)")
-    _add_model_options(edit)
-    _add_method_options(edit)
+    add_model_options(edit)
+    add_method_options(edit)
 
     lora_p = sub.add_parser("lora", help="train and cache the LoRA of an image ahead of an edit",
                             description="Train the per-image LoRA and store it in the cache that `gooddrag edit` reads.")
-    _add_input_options(lora_p, points=False)
+    add_input_options(lora_p, points=False)
     lora_p.add_argument("--no-progress", action="store_true", help="hide the progress bars (default: shown)")
-    _add_model_options(lora_p)
-    _add_method_options(lora_p)
+    add_model_options(lora_p)
+    add_method_options(lora_p)
     demo = sub.add_parser("demo", help="offline demo on the shipped shapes-64 model, scored against the exact answer",
                           description="Make a synthetic scene with a known answer, drag it with the shipped "
                                       "shapes-64 model (no network, CPU is enough), write the result folder and "
@@ -156,15 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_from_args(args) -> DragConfig:
-    overrides = {name: getattr(args, name) for _, name, _, _ in METHOD_SETTINGS if getattr(args, name) is not None}
-    overrides["seed"] = args.seed
-    preset = args.preset or args.method or "gooddrag"
-    if args.method and PRESETS[preset].method != args.method:
-        raise GoodDragError(f"--preset {preset} is a {PRESETS[preset].method} preset but --method is {args.method}")
-    return get_preset(preset, **overrides)
-
-
 def _load_inputs(args, need_points: bool = True):
     from .samples import Sample, check_points, fit_mask, load_image, load_mask, load_sample, parse_points
 
@@ -197,28 +113,16 @@ def _load_inputs(args, need_points: bool = True):
     return sample
 
 
-def _load_pipeline(args):
-    from .pipeline import DragPipeline
-
-    pipe = DragPipeline.from_pretrained(
-        args.model, vae=args.vae, model_config=args.model_config, vae_config=args.vae_config,
-        device=args.device, dtype=args.dtype,
-    )
-    if getattr(args, "low_memory", False):
-        pipe.enable_low_memory()
-    return pipe
-
-
 def cmd_edit(args) -> int:
     import torch
 
     from .outputs import file_sha256, prepare_out_dir, run_record, write_result_folder
 
-    config = _config_from_args(args)
+    config = config_from_args(args)
     sample = _load_inputs(args)
     out = Path(args.out) if args.out else Path("results") / f"{sample.name}-{config.method}"
     prepare_out_dir(out, args.overwrite)  # fail before the expensive part
-    pipe = _load_pipeline(args)
+    pipe = load_pipeline(args)
     generator = torch.Generator().manual_seed(args.seed)
     result = pipe(
         sample.image, sample.handle_points, sample.target_points, mask=sample.mask, prompt=sample.prompt,
@@ -255,11 +159,11 @@ def cmd_edit(args) -> int:
 def cmd_lora(args) -> int:
     import torch
 
-    config = _config_from_args(args)
+    config = config_from_args(args)
     if config.lora_steps == 0:
         raise GoodDragError("--lora-steps 0 trains nothing")
     sample = _load_inputs(args, need_points=False)
-    pipe = _load_pipeline(args)
+    pipe = load_pipeline(args)
     # Any valid pair works here: the LoRA depends on the image, the prompt and the settings only.
     w, h = sample.image.size
     inputs = pipe.check_inputs(sample.image, [[0, 0]], [[w - 1, h - 1]], None, config)

@@ -224,11 +224,11 @@ def plan_run(args, rels: list[str] | None = None) -> RunPlan:
 
     rels: exactly these samples (a Ray task's) instead of --filter / --shard / --limit.
     """
-    from ..cli import _config_from_args
+    from ..options import config_from_args
     from ..outputs import package_versions
 
     dataset, results = Path(args.dataset), Path(args.out)
-    config = _config_from_args(args)
+    config = config_from_args(args)
     samples = find_samples(dataset)
     if not samples:
         raise GoodDragError(f"no Drag100 or DragBench sample folders under {str(dataset)!r}")
@@ -266,9 +266,9 @@ def run_benchmark(args, rels: list[str] | None = None, pipe=None) -> dict:
     counts = {"selected": len(plan.selected), "skipped": len(plan.selected) - len(todo), "done": 0, "failed": 0}
     if todo:
         if pipe is None:
-            from ..cli import _load_pipeline
+            from ..options import load_pipeline
 
-            pipe = _load_pipeline(args)
+            pipe = load_pipeline(args)
         bar = tqdm(todo, desc=f"bench {config.method}", unit="sample", disable=args.no_progress,
                    dynamic_ncols=True)
         try:
@@ -311,10 +311,10 @@ def edit_on_ray(args, rel: str) -> dict:
     args.ray, args.no_progress, args.shard, args.filter, args.limit = None, True, None, None, None
     key = json.dumps(_model_info(args), sort_keys=True, default=str)
     if key not in _WORKER_PIPELINE:
-        from ..cli import _load_pipeline
+        from ..options import load_pipeline
 
         _WORKER_PIPELINE.clear()
-        _WORKER_PIPELINE[key] = _load_pipeline(args)
+        _WORKER_PIPELINE[key] = load_pipeline(args)
     return run_benchmark(args, rels=[rel], pipe=_WORKER_PIPELINE[key])
 
 
@@ -392,7 +392,7 @@ def run_on_ray(args, ray=None, poll_s: float = 5.0) -> dict:
 # --------------------------------------------------------------------- the CLI
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``gooddrag bench run``."""
-    from ..cli import _add_method_options, _add_model_options
+    from ..options import add_method_options, add_model_options
 
     p.add_argument("dataset", help="dataset folder: Drag100 or DragBench sample folders, found recursively")
     p.add_argument("--out", required=True, help="results folder; RESULTS/<sample path>/ per sample (required)")
@@ -402,8 +402,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     sel.add_argument("--limit", type=int, default=None, help="only the first N selected samples (default: all)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing sample (default: record it and go on)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
-    _add_model_options(p)
-    _add_method_options(p, lora_file=False)
+    add_model_options(p)
+    add_method_options(p, lora_file=False)
     r = p.add_argument_group("Ray (several GPUs or machines; needs `pip install ray` and a shared file system)")
     r.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="spread the samples over Ray workers, one task each: 'local' starts Ray on this machine, "

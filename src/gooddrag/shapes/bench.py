@@ -15,7 +15,6 @@ import logging
 import math
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +22,15 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..config import get_preset
-from ..errors import GoodDragError
+from ..models import SHAPES_MODEL, shipped_model_dir  # noqa: F401 - shipped_model_dir: for callers of this module
 from ..outputs import draw_points
 from .metrics import case_metrics, success_threshold, summarize
 from .scenes import DragCase
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "shapes-64"
+MODEL_NAME = SHAPES_MODEL
 BENCH_METHODS = ("gooddrag", "dragdiffusion", "identity")
-
-
-def shipped_model_dir() -> Path:
-    """Folder of the shapes-64 model inside the installed package."""
-    path = Path(str(resources.files("gooddrag") / "assets" / MODEL_NAME))
-    if not (path / "model_index.json").is_file():
-        raise GoodDragError(f"the shipped model {MODEL_NAME} is missing from this installation ({path})")
-    return path
 
 
 def load_shapes_pipeline(device: str = "cpu", dtype: str = "fp32"):

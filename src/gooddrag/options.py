@@ -1,0 +1,110 @@
+"""Options shared by the commands: the settings table, option groups, and what they build.
+
+The command line (``gooddrag edit``, ``lora``) and ``gooddrag bench run`` take the
+same model and method options; the web UI shows the same settings. They all read
+them from here, so this module sits below every command: it imports the model
+plumbing and the pipeline, and no application or the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .config import METHODS, PRESETS, DragConfig, get_preset
+from .errors import GoodDragError
+
+# (flag, DragConfig field, type, one-line help). Defaults are the chosen
+# method's preset; --help prints both presets' values.
+METHOD_SETTINGS = [
+    ("--resolution", "resolution", int, "working long side in pixels (sides rounded to what the UNet needs)"),
+    ("--lora-steps", "lora_steps", int, "LoRA steps on the input image; 0 = no LoRA"),
+    ("--lora-rank", "lora_rank", int, "LoRA rank"),
+    ("--lora-lr", "lora_lr", float, "LoRA learning rate"),
+    ("--lora-batch-size", "lora_batch_size", int, "LoRA batch size"),
+    ("--num-inference-steps", "num_inference_steps", int, "DDIM steps of the full schedule"),
+    ("--inversion-strength", "inversion_strength", float, "fraction of the schedule inverted"),
+    ("--drag-end-step", "drag_end_step", int, "denoising timesteps with drag work (AIDD)"),
+    ("--track-per-step", "track_per_step", int, "point-tracking rounds per drag timestep"),
+    ("--max-drag-per-track", "max_drag_per_track", int, "optimiser steps between two trackings"),
+    ("--max-track-no-change", "max_track_no_change", int, "stop after this many rounds without movement; 0 = off"),
+    ("--drag-loss-threshold", "drag_loss_threshold", float, "end a round early below this drag loss; 0 = off"),
+    ("--lr", "lr", float, "Adam learning rate on the latent"),
+    ("--r1", "r1", int, "motion-supervision patch radius (supervision cells)"),
+    ("--r2", "r2", int, "point-tracking search radius (supervision cells)"),
+    ("--beta", "beta", float, "step length towards the target (supervision cells)"),
+    ("--lambda", "lam", float, "weight of the background (outside-mask) term"),
+    ("--feature-block", "feature_block", int, "decoder block for features: 0 = mid, 1.. = up blocks"),
+    ("--mutual-attention-start-layer", "mutual_attention_start_layer", int,
+     "first self-attention layer (counted down, mid, up) with mutual self-attention"),
+]
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    from .loading import DEFAULT_MODEL
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help="hub id, local diffusers folder, or single-file .safetensors/.ckpt (default: %(default)s)")
+    g.add_argument("--model-config", default=None,
+                   help="for a single-file --model: diffusers folder or hub id with its configs (default: inferred)")
+    g.add_argument("--vae", default=None,
+                   help="separate VAE: hub id, folder or single file, e.g. stabilityai/sd-vae-ft-mse (default: the model's)")
+    g.add_argument("--vae-config", default=None, help="for a single-file --vae: its config folder (default: inferred)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="model weights; fp16 is the usual choice on a GPU (default: %(default)s)")
+    g.add_argument("--low-memory", action="store_true",
+                   help="for 8 GB GPUs: gradient checkpointing, VAE tiling and slicing; slower, same result "
+                        "up to rounding (default: off)")
+
+
+def add_input_options(p: argparse.ArgumentParser, points: bool = True) -> None:
+    p.add_argument("sample", nargs="?", default=None,
+                   help="sample folder in Drag100 (original.jpg, mask.png, points.json) or "
+                        "DragBench (original_image.png, meta_data.pkl) layout (default: none; use --image)")
+    g = p.add_argument_group("inputs (instead of a sample folder)")
+    g.add_argument("--image", default=None, help="input image file (default: none)")
+    if points:
+        g.add_argument("--mask", default=None, help="mask image, white = may change (default: everything may change)")
+        g.add_argument("--points", default=None, help="'x,y>x,y; x,y>x,y': handle > target pairs in image pixels (default: none; required with --image)")
+    g.add_argument("--prompt", default=None, help="text prompt (default: the sample's, else empty)")
+
+
+def add_method_options(p: argparse.ArgumentParser, lora_file: bool = True) -> None:
+    g = p.add_argument_group("method settings (default: the --method preset's value)")
+    g.add_argument("--method", default=None, choices=list(METHODS),
+                   help="gooddrag (AIDD + information-preserving loss) or the dragdiffusion baseline "
+                        "(default: the preset's, else gooddrag)")
+    g.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="named settings; shapes-* are for the shipped shapes-64 model (default: the method's name)")
+    for flag, name, typ, text in METHOD_SETTINGS:
+        values = ", ".join(f"{m} {getattr(PRESETS[m], name)}" for m in METHODS)
+        g.add_argument(flag, dest=name, type=typ, default=None, help=f"{text} (default: {values})")
+    g.add_argument("--seed", type=int, default=PRESETS["gooddrag"].seed,
+                   help="seed of the LoRA's noise and timesteps (default: %(default)s)")
+    if lora_file:
+        g.add_argument("--lora", default=None,
+                       help="use this LoRA (folder or .safetensors) (default: the cached one, else one trained now)")
+    g.add_argument("--lora-cache-dir", default=None,
+                   help="where trained LoRAs are cached (default: $GOODDRAG_CACHE/lora or ~/.cache/gooddrag/lora)")
+
+
+def config_from_args(args) -> DragConfig:
+    overrides = {name: getattr(args, name) for _, name, _, _ in METHOD_SETTINGS if getattr(args, name) is not None}
+    overrides["seed"] = args.seed
+    preset = args.preset or args.method or "gooddrag"
+    if args.method and PRESETS[preset].method != args.method:
+        raise GoodDragError(f"--preset {preset} is a {PRESETS[preset].method} preset but --method is {args.method}")
+    return get_preset(preset, **overrides)
+
+
+def load_pipeline(args):
+    from .pipeline import DragPipeline
+
+    pipe = DragPipeline.from_pretrained(
+        args.model, vae=args.vae, model_config=args.model_config, vae_config=args.vae_config,
+        device=args.device, dtype=args.dtype,
+    )
+    if getattr(args, "low_memory", False):
+        pipe.enable_low_memory()
+    return pipe

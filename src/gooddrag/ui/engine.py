@@ -1,0 +1,283 @@
+"""The web UI's engine: model cache, one run at a time, cancellation, result folders.
+
+:class:`Engine` loads pipelines by (model, device, dtype, VAE) and keeps the last
+few; :meth:`Engine.edit` runs one drag edit while holding the run lock (a run that
+is still stopping keeps the next one waiting) and writes the result folder that
+``gooddrag edit`` writes, plus its zip. No gradio here: the page (:mod:`.page`)
+drives it, and tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import GoodDragError
+from ..models import SHAPES_MODEL
+from .state import check_run, make_config, points_to_text
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RESULTS_DIR = "gooddrag-ui-results"
+
+
+class RunCancelled(Exception):
+    """Raised from the step callback when the user pressed Cancel."""
+
+
+def resolve_model(model: str | None) -> str:
+    """The model box's text -> what ``DragPipeline.from_pretrained`` takes."""
+    model = (model or "").strip()
+    if not model:
+        raise GoodDragError(f"no model: choose {SHAPES_MODEL}, a hub id or a local path")
+    if model == SHAPES_MODEL:
+        from ..models import shipped_model_dir
+
+        return str(shipped_model_dir())
+    return model
+
+
+def result_name(now: datetime | None = None) -> str:
+    """A fresh result folder name: local time and a short random id, e.g. ``20250101-120000-3fa9c1``."""
+    return f"{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def zip_folder(folder: Path, dest: Path) -> Path:
+    """Every file of ``folder`` into ``dest`` (a zip), under ``<folder name>/``."""
+    tmp = dest.with_name(dest.name + ".part")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                zf.write(f, f"{folder.name}/{f.relative_to(folder).as_posix()}")
+    os.replace(tmp, dest)
+    return dest
+
+
+
+# --------------------------------------------------------------------- engine
+@dataclass
+class EditOutput:
+    result: Any  # DragResult
+    folder: Path
+    zip_path: Path
+    config: Any
+
+
+@dataclass
+class _Loaded:
+    pipe: Any
+    model: str
+    resolved: str
+    dtype: str
+    vae: str | None
+
+
+class Engine:
+    """Runs edits for the app: loads and caches pipelines by (model, device, dtype, vae),
+    runs one edit at a time on its device, writes result folders, and cancels runs."""
+
+    def __init__(self, results_dir: str | Path = DEFAULT_RESULTS_DIR, device: str = "auto", *,
+                 lora_cache_dir: str | Path | None = None, max_cached: int = 2):
+        self.results_dir = Path(results_dir).resolve()
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.device = device
+        self.lora_cache_dir = lora_cache_dir
+        self.max_cached = max(1, max_cached)
+        self._pipes: OrderedDict[tuple, _Loaded] = OrderedDict()
+        self._load_lock = threading.Lock()
+        self.run_lock = threading.Lock()
+        """Held for a whole edit: a cancelled run that is still stopping keeps the next one waiting."""
+        self._active: dict[str, tuple[threading.Event, threading.Event]] = {}
+        self._points: dict[str, list[list[float]]] = {}
+        self._points_lock = threading.Lock()
+        self.display_dir = Path(tempfile.mkdtemp(prefix="gooddrag-ui-display-"))
+        atexit.register(shutil.rmtree, self.display_dir, True)
+
+    # -- pipelines
+    def pipeline(self, model: str, dtype: str = "fp32", vae: str | None = None) -> _Loaded:
+        """The cached pipeline for (model, device, dtype, vae), loaded on first use.
+        Loading errors become one-line GoodDragErrors."""
+        from ..pipeline import DragPipeline
+
+        resolved = resolve_model(model)
+        vae = (vae or "").strip() or None
+        key = (resolved, self.device, dtype, vae)
+        with self._load_lock:
+            if key in self._pipes:
+                self._pipes.move_to_end(key)
+                return self._pipes[key]
+            while len(self._pipes) >= self.max_cached:  # make room first: two big models may not fit
+                self._pipes.popitem(last=False)
+                _free_device_memory()
+            try:
+                pipe = DragPipeline.from_pretrained(resolved, vae=vae, device=self.device, dtype=dtype)
+            except GoodDragError:
+                raise
+            except Exception as err:  # noqa: BLE001 - any loading failure is shown as one line
+                first = (str(err).strip().splitlines() or [""])[0][:300]
+                raise GoodDragError(f"cannot load model {model!r}: {type(err).__name__}: {first}") from None
+            loaded = _Loaded(pipe, model.strip(), resolved, dtype, vae)
+            self._pipes[key] = loaded
+            return loaded
+
+    # -- each browser session's points. Kept here, not in a gr.State: a State is sent
+    # with the event, so a second click before the first one's answer would start
+    # from the stale list and drop a point.
+    def points(self, session: str) -> list[list[float]]:
+        with self._points_lock:
+            return [list(p) for p in self._points.get(session, [])]
+
+    def update_points(self, session: str, change: Callable[[list], list]) -> list[list[float]]:
+        """Apply ``change`` (old list -> new list) atomically; returns the new list."""
+        with self._points_lock:
+            new = [list(p) for p in change(self._points.get(session, []))]
+            self._points[session] = new
+            return [list(p) for p in new]
+
+    def drop_session(self, session: str) -> None:
+        with self._points_lock:
+            self._points.pop(session, None)
+
+    # -- cancellation, per browser session
+    def start_run(self, session: str) -> tuple[threading.Event, threading.Event]:
+        """Register a run of ``session``: (cancel flag its callback checks, set when it has ended)."""
+        flags = (threading.Event(), threading.Event())
+        self._active[session] = flags
+        return flags
+
+    def end_run(self, session: str, flags: tuple[threading.Event, threading.Event]) -> None:
+        flags[1].set()
+        if self._active.get(session) is flags:
+            del self._active[session]
+
+    def cancel(self, session: str, wait: float = 60.0) -> bool | None:
+        """Ask the session's run to stop and wait until it has (the LoRA is removed, the
+        device free). None: nothing was running; else whether it stopped within ``wait`` s."""
+        flags = self._active.get(session)
+        if flags is None:
+            return None
+        flags[0].set()
+        return flags[1].wait(wait)
+
+    # -- one edit
+    def edit(
+        self,
+        image: Image.Image,
+        points: Sequence[Sequence[float]],
+        mask: np.ndarray | None,
+        *,
+        prompt: str = "",
+        preset: str = "shapes-gooddrag",
+        settings: dict[str, Any] | None = None,
+        model: str = SHAPES_MODEL,
+        dtype: str = "fp32",
+        vae: str | None = None,
+        source: str = "upload",
+        callback: Callable | None = None,
+        on_status: Callable[[str], None] | None = None,
+        on_loaded: Callable[[Any], None] | None = None,
+    ) -> EditOutput:
+        """Check the inputs, run the drag (LoRA cached or trained by the pipeline), write
+        the result folder (the files ``gooddrag edit`` writes, with the trajectory) and its zip."""
+        import torch
+
+        from ..outputs import run_record, write_result_folder
+        from ..pipeline import image_sha256
+
+        config = make_config(preset, settings)
+        handles, targets = check_run(image, points, mask)
+        if on_status and self.run_lock.locked():
+            on_status("Waiting for the previous run to stop...")
+        with self.run_lock:
+            if on_status:
+                on_status(f"Loading model {model.strip()}...")
+            loaded = self.pipeline(model, dtype, vae)
+            pipe = loaded.pipe
+            if on_loaded:
+                on_loaded(pipe)
+            if on_status:
+                on_status("Running...")
+            t0 = time.perf_counter()
+            result = pipe(
+                image, handles, targets, mask=mask, prompt=prompt or "", config=config,
+                generator=torch.Generator().manual_seed(config.seed), lora_cache_dir=self.lora_cache_dir,
+                return_trajectory=True, callback=callback, progress=False,
+            )
+            seconds = time.perf_counter() - t0
+        name = result_name()
+        folder = self.results_dir / name
+        record = run_record(
+            result=result, config=config, seed=config.seed,
+            inputs={
+                "layout": "ui", "source": source, "prompt": prompt or "",
+                "image_sha256": image_sha256(image), "image_size": [image.width, image.height],
+                "points": points_to_text(points), "preset": preset,
+                "mask_pixels": None if mask is None else int(mask.sum()),
+            },
+            model={
+                "model": loaded.model, "resolved": loaded.resolved,
+                "kind": pipe.source.kind if pipe.source else None, "vae": loaded.vae,
+                "device": str(pipe.device), "dtype": loaded.dtype,
+                "prediction_type": pipe.scheduler.config.prediction_type,
+            },
+            argv=["gooddrag", "ui"],
+        )
+        write_result_folder(folder, input_image=image, result=result, mask=mask, run_record=record, overwrite=False)
+        zip_path = zip_folder(folder, self.results_dir / f"{name}.zip")
+        logger.info("edit %s done in %.1f s", name, seconds)
+        return EditOutput(result, folder, zip_path, config)
+
+    def served_copy(self, path: Path, name: str | None = None) -> str:
+        """A link (or copy) of a result file in the app's temporary folder, which gradio may
+        hand to the browser wherever the results folder is; the results folder itself is
+        never served."""
+        dest = self.display_dir / (name or path.name)
+        try:
+            os.link(path, dest)
+        except OSError:
+            shutil.copy2(path, dest)
+        return str(dest)
+
+    def display_gif(self, folder: Path, scale: int) -> str | None:
+        """The trajectory GIF enlarged for the page (the result folder keeps the original)."""
+        gif = folder / "trajectory.gif"
+        if not gif.is_file():
+            return None
+        if scale == 1:
+            return self.served_copy(gif, f"{folder.name}-trajectory.gif")
+        import imageio.v3 as iio
+
+        frames = iio.imread(gif, index=None)
+        big = [np.repeat(np.repeat(np.asarray(f)[..., :3], scale, 0), scale, 1) for f in frames]
+        out = self.display_dir / f"{folder.name}-trajectory.gif"
+        iio.imwrite(out, big, extension=".gif", duration=400, loop=0)
+        return str(out)
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover
+        pass

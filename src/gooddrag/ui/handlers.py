@@ -1,0 +1,245 @@
+"""What the page's events do: uploads, examples, clicks, the mask, presets, the API.
+
+:class:`Handlers` holds what every event needs (the engine, the limits, the
+examples, the settings boxes) and has one method per event; the page
+(:mod:`.page`) wires them to its components. The long-running edit from the page
+is :class:`gooddrag.ui.runs.PageRun`.
+"""
+
+# No ``from __future__ import annotations``: gradio reads the handlers' annotations
+# (gr.SelectData, gr.Request) at run time.
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from ..config import PRESETS
+from ..errors import GoodDragError
+from ..options import METHOD_SETTINGS
+from .engine import Engine
+from .examples import Example
+from .state import (
+    MAIN_SETTINGS,
+    add_point,
+    clear_points,
+    click_to_image,
+    default_preset,
+    describe_mask,
+    describe_points,
+    display_scale,
+    draw_overlay,
+    load_upload,
+    mask_from_editor,
+    mask_from_layers,
+    mask_layer,
+    parse_settings,
+    points_from_text,
+    preset_for_model,
+    to_display,
+    undo_point,
+)
+
+logger = logging.getLogger(__name__)
+
+PHASE_TEXT = {
+    "lora": "Training the LoRA on the image",
+    "inversion": "DDIM inversion",
+    "drag": "Dragging (tracking rounds)",
+    "denoise": "Denoising",
+}
+
+
+def settings_spec():
+    """(name, type, help, is_main) for each setting the page shows, in ``gooddrag edit``'s order."""
+    spec = [(name, typ, text, name in MAIN_SETTINGS) for _, name, typ, text in METHOD_SETTINGS]
+    spec.append(("seed", int, "seed of the LoRA's noise and timesteps", False))
+    main = sorted((s for s in spec if s[3]), key=lambda s: MAIN_SETTINGS.index(s[0]))
+    return main + [s for s in spec if not s[3]]
+
+
+def session_of(request) -> str:
+    """The browser session's id (``gr.Request.session_hash``); "local" outside a request."""
+    return getattr(request, "session_hash", None) or "local"
+
+
+def message(err: BaseException) -> str:
+    """An exception as the one line a user sees."""
+    if isinstance(err, GoodDragError):
+        return str(err)
+    if type(err).__name__ == "OutOfMemoryError":
+        return "out of GPU memory; try dtype fp16, a smaller resolution or LoRA batch size 1"
+    first = (str(err).strip().splitlines() or [""])[0][:300]
+    return f"{type(err).__name__}: {first}"
+
+
+def file_path(value) -> str:
+    """A gr.File value (a path, or a dict with one) -> the path."""
+    if isinstance(value, dict):
+        value = value.get("path") or value.get("name")
+    return str(value)
+
+
+class Handlers:
+    """The page's event handlers (one method per event)."""
+
+    def __init__(self, engine: Engine, *, default_model: str, max_bytes: int, max_pixels: int,
+                 examples: Sequence[Example], setting_defaults: dict[str, Any] | None = None):
+        self.engine = engine
+        self.default_model = default_model
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.examples = list(examples)
+        self.spec = settings_spec()
+        self.fixed = dict(setting_defaults or {})
+
+    def preset_value(self, preset: str, name: str):
+        """A settings box's value under ``preset`` (or the fixed demo/test value)."""
+        return self.fixed.get(name, getattr(PRESETS[preset], name))
+
+    # -- a new input picture
+    def new_input(self, session: str, image: Image.Image, mask: np.ndarray | None, points, note: str):
+        """Outputs for a new input image: state, editor, points view and texts."""
+        s = display_scale(image.width, image.height)
+        points = self.engine.update_points(session, lambda _: points)
+        layer = mask_layer(mask, s)
+        editor = {"background": to_display(image, s), "layers": [layer] if layer is not None else [],
+                  "composite": None}
+        return (image, editor, draw_overlay(image, points, s, mask), describe_points(points),
+                f"{note} ({image.width}x{image.height} px).", describe_mask(mask))
+
+    def on_upload(self, path, request: gr.Request = None):
+        if path is None:
+            return (gr.skip(),) * 6
+        try:
+            image = load_upload(path, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+        except GoodDragError as err:
+            gr.Warning(str(err))
+            return (*(gr.skip(),) * 4, f"**Upload refused:** {err}", gr.skip())
+        return self.new_input(session_of(request), image, None, [], f"Loaded {Path(path).name}")
+
+    def on_example(self, evt: gr.SelectData, request: gr.Request = None):
+        ex = self.examples[evt.index]
+        return self.new_input(session_of(request), ex.image, ex.mask, ex.points, f"Example {ex.name}") + (ex.prompt,)
+
+    # -- points
+    def points_view(self, image, points, editor):
+        s = display_scale(image.width, image.height)
+        try:
+            mask = mask_from_editor(editor, image.size)
+        except Exception:  # noqa: BLE001 - a preview only
+            mask = None
+        return draw_overlay(image, points, s, mask)
+
+    def on_click(self, image, editor, evt: gr.SelectData, request: gr.Request = None):
+        if image is None:
+            return gr.skip(), "Upload an image or pick an example first."
+        xy = click_to_image(evt.index, display_scale(image.width, image.height), image.size)
+        points = self.engine.update_points(session_of(request), lambda old: add_point(old, xy))
+        return self.points_view(image, points, editor), describe_points(points)
+
+    def on_undo(self, image, editor, request: gr.Request = None):
+        points = self.engine.update_points(session_of(request), undo_point)
+        if image is None:
+            return gr.skip(), describe_points(points)
+        return self.points_view(image, points, editor), describe_points(points)
+
+    def on_clear(self, image, editor, request: gr.Request = None):
+        self.engine.update_points(session_of(request), lambda _: clear_points())
+        if image is None:
+            return gr.skip(), describe_points([])
+        return self.points_view(image, [], editor), describe_points([])
+
+    # -- mask, model, preset, result view
+    def on_mask_change(self, image, editor, request: gr.Request = None):
+        points = self.engine.points(session_of(request))
+        if image is None or not editor:
+            return gr.skip(), gr.skip()
+        s = display_scale(image.width, image.height)
+        bg = editor.get("background")
+        if bg is not None and np.shape(bg)[:2] != (image.height * s, image.width * s):
+            return gr.skip(), gr.skip()  # a change from before the new input arrived
+        mask = mask_from_editor(editor, image.size)
+        return draw_overlay(image, points, s, mask), describe_mask(mask)
+
+    def on_model_change(self, model, preset):
+        return gr.update(value=preset_for_model(model, preset))
+
+    def on_preset_change(self, preset):
+        return [gr.update(value=self.preset_value(preset, name)) for name, *_ in self.spec]
+
+    def on_show_points(self, show, result):
+        if not result:
+            return gr.skip()
+        return result["with_points"] if show else result["plain"]
+
+    def on_use_result(self, result, editor, request: gr.Request = None):
+        if not result:
+            gr.Warning("No result yet: run an edit first.")
+            return (gr.skip(),) * 6
+        image = result["image"]
+        s = display_scale(image.width, image.height)
+        self.engine.update_points(session_of(request), lambda _: clear_points())
+        layers = list((editor or {}).get("layers") or [])
+        ed = {"background": to_display(image, s), "layers": layers, "composite": None}
+        mask = mask_from_layers(layers, image.size)
+        return (image, ed, draw_overlay(image, [], s, mask), describe_points([]),
+                "The result is the new input; click new points.", describe_mask(mask))
+
+    def on_unload(self, request: gr.Request = None):
+        self.engine.drop_session(session_of(request))
+
+    def on_cancel(self, request: gr.Request = None):
+        stopped = self.engine.cancel(session_of(request))
+        if stopped is None:
+            return "Cancelled."  # a queued run is dropped by gradio
+        return "Run cancelled." if stopped else "Cancelling: the run stops at its next step..."
+
+    # -- the API endpoint /drag
+    def api_inputs(self, image, mask, points):
+        """The API's files and points, checked: (image, mask or None, points)."""
+        from ..samples import fit_mask, load_mask
+
+        if not image:
+            raise GoodDragError("no image given")
+        img = load_upload(file_path(image), max_bytes=self.max_bytes, max_pixels=self.max_pixels, what="image")
+        m = None
+        if mask:
+            mask_path = file_path(mask)
+            load_upload(mask_path, max_bytes=self.max_bytes, max_pixels=self.max_pixels, what="mask")
+            m = load_mask(mask_path)
+            if m.shape != (img.height, img.width):
+                m = fit_mask(m, (img.height, img.width))
+            if not m.any():
+                m = None
+        return img, m, points_from_text(points)
+
+    def api_drag(self, image, mask, points, prompt="", preset=None, settings="", model=None,
+                 progress=gr.Progress()):
+        """Drag edit. image: image file; mask: image file, white = may change (optional);
+        points: "x,y>x,y; ..." handle>target pairs in image pixels; prompt: text; preset:
+        gooddrag, dragdiffusion, shapes-gooddrag or shapes-dragdiffusion (default: the
+        model's); settings: JSON object of setting overrides, e.g. {"lora_steps": 20};
+        model: shapes-64, a hub id or a local path (default: the server's).
+        Returns the edited image (input size) and the result folder as a zip."""
+        try:
+            img, m, pts = self.api_inputs(image, mask, points)
+            model = (model or "").strip() or self.default_model
+            preset = (preset or "").strip() or default_preset(model)
+            if preset not in PRESETS:
+                raise GoodDragError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+
+            def callback(ev):
+                progress((ev.step, ev.total), desc=PHASE_TEXT.get(ev.phase, ev.phase), unit="steps")
+
+            out = self.engine.edit(img, pts, m, prompt=prompt or "", preset=preset,
+                                   settings=parse_settings(settings), model=model, source="api", callback=callback)
+        except GoodDragError as err:
+            raise gr.Error(str(err)) from None
+        except Exception as err:  # noqa: BLE001
+            logger.exception("API edit failed")
+            raise gr.Error(message(err)) from None
+        return out.result.image, self.engine.served_copy(out.zip_path)

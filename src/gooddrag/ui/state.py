@@ -1,0 +1,355 @@
+"""Pure state helpers of the web UI: points, masks, uploads, display scaling, settings.
+
+Nothing here imports gradio or torch; each function takes and returns plain values
+(lists of points, numpy masks, PIL images) and is tested on its own
+(tests/test_ui_state.py).
+
+Frames: points are (x, y) pixels of the *input* image. Small images are shown
+enlarged by an integer factor (:func:`display_scale`) so the mask can be painted
+and points clicked precisely; clicks and painted masks are mapped back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+from ..errors import GoodDragError
+from ..models import SHAPES_MODEL
+
+MAX_UPLOAD_MB = 20.0
+MAX_PIXELS = 4096 * 4096
+IMAGE_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "BMP": "BMP", "GIF": "GIF", "TIFF": "TIFF"}
+"""PIL format name -> how messages name it: the uploads accepted."""
+DISPLAY_SIDE = 512
+"""Images with a shorter long side are shown enlarged by an integer factor up to this."""
+PRESET_LABELS = {
+    "gooddrag": "GoodDrag",
+    "dragdiffusion": "DragDiffusion",
+    "shapes-gooddrag": "GoodDrag, shapes-64 settings",
+    "shapes-dragdiffusion": "DragDiffusion, shapes-64 settings",
+}
+MAIN_SETTINGS = ("lora_steps", "drag_end_step", "track_per_step", "max_drag_per_track", "lr", "lam")
+"""Settings shown up front; the others of ``gooddrag edit`` are in the Advanced accordion."""
+MASK_COLOR = ("rgb(40, 200, 120)", 0.55)
+BRUSH_SIZE = 20
+"""Brush radius in display pixels (the editor's size menu changes it): 2.5 pixels of a 64x64 image."""
+
+# --------------------------------------------------------------------- points
+
+
+def add_point(points: Sequence[Sequence[float]] | None, xy: Sequence[float]) -> list[list[float]]:
+    """A new list with ``xy`` appended. Points alternate handle, target, handle, ..."""
+    return [list(p) for p in (points or [])] + [[xy[0], xy[1]]]
+
+
+def undo_point(points: Sequence[Sequence[float]] | None) -> list[list[float]]:
+    """A new list without the last point (empty stays empty)."""
+    return [list(p) for p in (points or [])][:-1]
+
+
+def clear_points() -> list[list[float]]:
+    return []
+
+
+def split_points(points: Sequence[Sequence[float]] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Alternating [handle, target, ...] -> (handles (N, 2), targets (N, 2)).
+
+    Raises GoodDragError when there is no pair or the last handle has no target.
+    """
+    pts = [list(p) for p in (points or [])]
+    if not pts:
+        raise GoodDragError("no points: click a handle point on the image, then its target")
+    if len(pts) % 2:
+        x, y = pts[-1]
+        raise GoodDragError(f"handle {len(pts) // 2 + 1} ({x:g}, {y:g}) has no target yet: click where it should go")
+    arr = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+    return arr[0::2], arr[1::2]
+
+
+def points_to_text(points: Sequence[Sequence[float]] | None) -> str:
+    """Complete pairs as ``"x,y>x,y; x,y>x,y"`` (the ``--points`` format); a pending handle is left out."""
+    pts = [list(p) for p in (points or [])]
+    pairs = [pts[i:i + 2] for i in range(0, len(pts) - 1, 2)]
+    return "; ".join(f"{h[0]:g},{h[1]:g}>{t[0]:g},{t[1]:g}" for h, t in pairs)
+
+
+def points_from_text(text: str) -> list[list[float]]:
+    """``"x,y>x,y; ..."`` -> alternating [handle, target, ...]; an error names the bad pair."""
+    from ..samples import parse_points
+
+    if not text or not text.strip():
+        raise GoodDragError("no points: write handle>target pairs as 'x,y>x,y; x,y>x,y'")
+    handles, targets = parse_points(text)
+    out: list[list[float]] = []
+    for h, t in zip(handles.tolist(), targets.tolist()):
+        out += [h, t]
+    return out
+
+
+def describe_points(points: Sequence[Sequence[float]] | None) -> str:
+    """One line for the page: the pairs so far and what the next click sets."""
+    pts = list(points or [])
+    n = len(pts) // 2
+    text = points_to_text(pts)
+    if len(pts) % 2:
+        x, y = pts[-1]
+        pending = f"handle {n + 1} at ({x:g}, {y:g}); next click: its **target**"
+        return f"{n} pair(s): {text}; {pending}" if n else pending
+    if n == 0:
+        return "No points yet: click a **handle** (red), then its **target** (blue)."
+    return f"{n} pair(s): {text}. Next click: a new **handle**."
+
+
+def describe_mask(mask: np.ndarray | None) -> str:
+    """One line for the page about the painted mask."""
+    if mask is None or not np.any(mask):
+        return "Mask: none painted, everything may change."
+    n = int(np.sum(mask))
+    return f"Mask: {n} px ({n / np.size(mask):.0%} of the image) may change."
+
+
+# ------------------------------------------------------------ display frames
+def display_scale(width: int, height: int, side: int = DISPLAY_SIDE) -> int:
+    """Integer enlargement for showing a ``width`` x ``height`` image (1 for large images)."""
+    return max(1, side // max(1, width, height))
+
+
+def to_display(image: Image.Image, scale: int) -> Image.Image:
+    """Nearest-neighbour enlargement by ``scale`` (each input pixel a ``scale`` x ``scale`` block)."""
+    image = image.convert("RGB")
+    if scale == 1:
+        return image
+    return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+
+
+def click_to_image(xy: Sequence[float], scale: int, size: tuple[int, int]) -> list[int]:
+    """A click at display pixel (x, y) -> the input pixel (x, y) it lies on; ``size`` = (W, H)."""
+    W, H = size
+    x = min(W - 1, max(0, int(xy[0]) // scale))
+    y = min(H - 1, max(0, int(xy[1]) // scale))
+    return [x, y]
+
+
+def image_to_display(points: np.ndarray, scale: int) -> np.ndarray:
+    """(N, 2) input (x, y) pixels -> display pixels at the centre of each pixel's block."""
+    return np.asarray(points, dtype=np.float64) * scale + (scale - 1) / 2
+
+
+def draw_overlay(
+    image: Image.Image,
+    points: Sequence[Sequence[float]] | None,
+    scale: int,
+    mask: np.ndarray | None = None,
+    final_points: np.ndarray | None = None,
+) -> Image.Image:
+    """The display image with the mask tinted, each pair as handle (red) -> target (blue)
+    with an arrow (:func:`gooddrag.outputs.draw_points`), a pending handle, and optionally
+    final handle positions (yellow squares)."""
+    from ..outputs import HANDLE_COLOR, draw_points
+
+    disp = to_display(image, scale)
+    pts = [list(p) for p in (points or [])]
+    n = len(pts) // 2 * 2
+    arr = np.asarray(pts[:n], dtype=np.float64).reshape(-1, 2)
+    mask_d = None
+    if mask is not None:
+        mask_d = np.repeat(np.repeat(np.asarray(mask, dtype=bool), scale, 0), scale, 1)
+    out = draw_points(
+        disp, image_to_display(arr[0::2], scale), image_to_display(arr[1::2], scale), mask_d,
+        final_points=None if final_points is None else image_to_display(final_points, scale),
+    )
+    if len(pts) % 2:
+        (x, y), = image_to_display(np.asarray([pts[-1]]), scale)
+        r = max(3, round(min(out.size) / 100))
+        ImageDraw.Draw(out).ellipse([x - r, y - r, x + r, y + r], fill=HANDLE_COLOR, outline=(255, 255, 255))
+    return out
+
+
+# ---------------------------------------------------------------------- masks
+def _layer_alpha(layer: Any) -> np.ndarray | None:
+    """A painted layer (H, W, 4) RGBA array, PIL image or file path -> (H, W) bool of painted pixels."""
+    if layer is None:
+        return None
+    if isinstance(layer, (str, os.PathLike)):
+        with Image.open(layer) as im:
+            layer = im.convert("RGBA")
+    if isinstance(layer, Image.Image):
+        layer = np.asarray(layer.convert("RGBA"))
+    arr = np.asarray(layer)
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        return arr[..., 3] > 0
+    if arr.ndim == 3:  # no alpha: anything not black was painted
+        return arr.any(axis=-1)
+    if arr.ndim == 2:
+        return arr > 0
+    raise GoodDragError(f"mask layer has an unexpected shape {arr.shape}")
+
+
+def mask_from_layers(layers: Sequence[Any] | None, size: tuple[int, int]) -> np.ndarray | None:
+    """Union of the painted strokes of every layer (alpha > 0) as an (H, W) bool mask for an
+    image of ``size`` = (W, H); a pixel is in when any part of it was painted. None when
+    nothing is painted (then everything may change)."""
+    union = None
+    for layer in layers or []:
+        alpha = _layer_alpha(layer)
+        if alpha is None:
+            continue
+        if union is None:
+            union = alpha.copy()
+        elif alpha.shape == union.shape:
+            union |= alpha
+        else:  # layers of another size: bring to the first one's
+            union |= np.asarray(Image.fromarray(alpha).resize(union.shape[::-1], Image.NEAREST))
+    if union is None or not union.any():
+        return None
+    W, H = size
+    if union.shape != (H, W):
+        covered = Image.fromarray(union.astype(np.uint8) * 255).resize((W, H), Image.BOX)
+        union = np.asarray(covered) > 0
+    return union if union.any() else None
+
+
+def mask_from_editor(value: dict | None, size: tuple[int, int]) -> np.ndarray | None:
+    """Mask from a ``gr.ImageEditor`` value ``{"background", "layers", "composite"}``."""
+    if not value:
+        return None
+    return mask_from_layers(value.get("layers") or [], size)
+
+
+def mask_layer(mask: np.ndarray | None, scale: int, color=MASK_COLOR) -> np.ndarray | None:
+    """A bool mask as an RGBA editor layer at display size (painted where True)."""
+    if mask is None:
+        return None
+    m = np.repeat(np.repeat(np.asarray(mask, dtype=bool), scale, 0), scale, 1)
+    rgb = [int(v) for v in color[0].strip("rgb() ").split(",")]
+    layer = np.zeros((*m.shape, 4), dtype=np.uint8)
+    layer[m] = [*rgb, round(255 * color[1])]
+    return layer
+
+
+# --------------------------------------------------------------------- inputs
+def load_upload(path: str | Path, max_bytes: int = int(MAX_UPLOAD_MB * 2**20), max_pixels: int = MAX_PIXELS,
+                what: str = "upload") -> Image.Image:
+    """Open an uploaded image as RGB after checking its size on disk, its type and its
+    pixel count (before decoding); each failure is a one-line GoodDragError."""
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise GoodDragError(f"{what} {name!r}: no such file")
+    nbytes = path.stat().st_size
+    if nbytes > max_bytes:
+        raise GoodDragError(
+            f"{what} {name!r} is {nbytes / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB"
+        )
+    kinds = ", ".join(IMAGE_FORMATS.values())
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            w, h = im.size
+            if fmt not in IMAGE_FORMATS:
+                raise GoodDragError(f"{what} {name!r} is a {fmt} image; use one of {kinds}")
+            if w * h > max_pixels:
+                raise GoodDragError(
+                    f"{what} {name!r} is {w}x{h} = {w * h / 1e6:.1f} megapixels; the limit is {max_pixels / 1e6:.1f}"
+                )
+            im.seek(0)
+            im.load()
+            return im.convert("RGB")
+    except GoodDragError:
+        raise
+    except Image.DecompressionBombError:
+        raise GoodDragError(f"{what} {name!r} has too many pixels; the limit is {max_pixels / 1e6:.1f} megapixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise GoodDragError(f"{what} {name!r} is not an image this app reads ({kinds})") from None
+
+
+def check_run(image: Image.Image | None, points, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Check what a run needs; returns (handles, targets) or raises a one-line GoodDragError."""
+    from ..samples import check_points
+
+    if image is None:
+        raise GoodDragError("no image: upload one or pick an example first")
+    handles, targets = split_points(points)
+    handles, targets = check_points(handles, targets, (image.height, image.width))
+    if mask is not None and np.shape(mask) != (image.height, image.width):
+        raise GoodDragError(
+            f"the mask is {np.shape(mask)[1]}x{np.shape(mask)[0]} but the image is {image.width}x{image.height}"
+        )
+    return handles, targets
+
+
+def run_problem(image: Image.Image | None, points, mask: np.ndarray | None = None) -> str | None:
+    """Why a run cannot start, as a sentence for the page, or None when it can."""
+    try:
+        check_run(image, points, mask)
+    except GoodDragError as err:
+        text = str(err)
+        return text[0].upper() + text[1:] + "."
+    return None
+
+
+def parse_settings(text: str | dict | None) -> dict[str, Any]:
+    """The API's optional settings: a JSON object of DragConfig fields ("" = none)."""
+    if isinstance(text, dict):
+        return dict(text)
+    if text is None or not str(text).strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise GoodDragError(f"settings are not valid JSON ({err.msg}); e.g. {{\"lora_steps\": 20}}") from None
+    if not isinstance(data, dict):
+        raise GoodDragError("settings must be a JSON object of setting names and values, e.g. {\"lora_steps\": 20}")
+    return data
+
+
+def make_config(preset: str, settings: dict[str, Any] | None = None):
+    """``get_preset`` with the page's values; None values keep the preset's."""
+    from ..config import DragConfig, get_preset
+
+    types = {f.name: str(f.type) for f in DragConfig.__dataclass_fields__.values()}
+    overrides = {}
+    for name, value in (settings or {}).items():
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        kind = types.get(name, "")
+        if kind in ("int", "float"):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise GoodDragError(f"setting {name} must be a number, got {value!r}") from None
+            if kind == "int":
+                if not number.is_integer():
+                    raise GoodDragError(f"setting {name} must be a whole number, got {value!r}")
+                number = int(number)
+            value = number
+        overrides[name] = value
+    return get_preset(preset, **overrides)
+
+
+def default_preset(model: str | None) -> str:
+    """The shapes preset for the shipped model, GoodDrag otherwise."""
+    return "shapes-gooddrag" if (model or "").strip() == SHAPES_MODEL else "gooddrag"
+
+
+def preset_for_model(model: str | None, current: str | None) -> str:
+    """Keep the method, switch between the shapes-* and the Stable Diffusion presets."""
+    from ..config import PRESETS
+
+    method = PRESETS[current].method if current in PRESETS else "gooddrag"
+    return f"shapes-{method}" if (model or "").strip() == SHAPES_MODEL else method
+
+
+def interleave_points(handles: np.ndarray, targets: np.ndarray) -> list[list[float]]:
+    """(N, 2) handles and targets -> the alternating [handle, target, ...] list."""
+    out: list[list[float]] = []
+    for h, t in zip(np.asarray(handles).tolist(), np.asarray(targets).tolist()):
+        out += [h, t]
+    return out

@@ -1,0 +1,185 @@
+"""The web UI's pure state helpers (``gooddrag.ui.state``): points, masks, uploads, display frames, settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gooddrag.errors import GoodDragError
+from gooddrag.ui import engine, state
+
+
+# ------------------------------------------------------------------ points
+def test_point_list_add_undo_clear_and_pairs():
+    pts = state.add_point([], [3, 4])
+    pts = state.add_point(pts, [10, 4])
+    pts = state.add_point(pts, [5, 6])
+    assert pts == [[3, 4], [10, 4], [5, 6]]
+    with pytest.raises(GoodDragError, match="handle 2 .* has no target"):
+        state.split_points(pts)
+    assert state.points_to_text(pts) == "3,4>10,4"  # the pending handle is left out
+    pts = state.add_point(pts, [7.5, 9])
+    handles, targets = state.split_points(pts)
+    np.testing.assert_array_equal(handles, [[3, 4], [5, 6]])
+    np.testing.assert_array_equal(targets, [[10, 4], [7.5, 9]])
+    assert state.points_to_text(pts) == "3,4>10,4; 5,6>7.5,9"
+    assert state.points_from_text(state.points_to_text(pts)) == pts
+    before = list(pts)
+    assert state.undo_point(pts) == pts[:-1] and pts == before  # pure: the input is not changed
+    assert state.undo_point([]) == []
+    assert state.clear_points() == []
+    with pytest.raises(GoodDragError, match="no points"):
+        state.split_points([])
+    with pytest.raises(GoodDragError, match="no points"):
+        state.points_from_text("  ")
+    with pytest.raises(GoodDragError, match="not 'x,y>x,y'"):
+        state.points_from_text("1,2>3")
+
+
+def test_describe_points_says_what_the_next_click_does():
+    assert "handle" in state.describe_points([]) and "No points" in state.describe_points([])
+    assert "target" in state.describe_points([[1, 2]])
+    text = state.describe_points([[1, 2], [3, 4]])
+    assert "1 pair(s): 1,2>3,4" in text and "new **handle**" in text
+
+
+def test_display_frames_map_clicks_back_to_input_pixels():
+    assert state.display_scale(64, 64) == 8
+    assert state.display_scale(96, 80) == 5
+    assert state.display_scale(1024, 300) == 1
+    assert state.click_to_image([0, 0], 8, (64, 64)) == [0, 0]
+    assert state.click_to_image([15, 8], 8, (64, 64)) == [1, 1]
+    assert state.click_to_image([511.9, 600], 8, (64, 64)) == [63, 63]  # clamped inside
+    img = Image.new("RGB", (64, 48), (10, 20, 30))
+    big = state.to_display(img, 8)
+    assert big.size == (512, 384)
+    np.testing.assert_array_equal(np.asarray(big)[::8, ::8], np.asarray(img))
+
+
+def test_overlay_draws_pairs_and_a_pending_handle():
+    img = Image.new("RGB", (64, 64), (0, 0, 0))
+    mask = np.zeros((64, 64), bool)
+    mask[20:40, 10:50] = True
+    out = np.asarray(state.draw_overlay(img, [[20, 30], [40, 30], [10, 10]], 8, mask))
+    assert out.shape == (512, 512, 3)
+    red = (out[..., 0] > 200) & (out[..., 1] < 80) & (out[..., 2] < 80)
+    blue = (out[..., 2] > 200) & (out[..., 0] < 80)
+    assert red[30 * 8 + 3, 20 * 8 + 3] and red[10 * 8 + 3, 10 * 8 + 3]  # both handles
+    assert blue[30 * 8 + 3, 40 * 8 + 3]
+
+
+# ------------------------------------------------------------------- masks
+def _layer(shape, box, alpha=140):
+    layer = np.zeros((*shape, 4), np.uint8)
+    y0, y1, x0, x1 = box
+    layer[y0:y1, x0:x1] = [40, 200, 120, alpha]
+    return layer
+
+
+def test_mask_from_editor_layers_is_the_union_of_painted_strokes():
+    # Display 8x the 64x64 input: two strokes on two layers, anti-aliased edge (alpha 1) included.
+    a = _layer((512, 512), (80, 160, 80, 160))
+    b = _layer((512, 512), (400, 401, 300, 309), alpha=1)  # one display row: covers input row 50
+    mask = state.mask_from_editor({"background": None, "layers": [a, b], "composite": None}, (64, 64))
+    assert mask.shape == (64, 64) and mask.dtype == bool
+    expected = np.zeros((64, 64), bool)
+    expected[10:20, 10:20] = True
+    expected[50, 37:39] = True  # display cols 300..308 touch input cols 37 and 38
+    np.testing.assert_array_equal(mask, expected)
+    # PIL layers and layers of the input's size work too
+    pil = Image.fromarray(_layer((64, 64), (0, 2, 0, 3)), "RGBA")
+    assert state.mask_from_layers([pil], (64, 64)).sum() == 6
+
+
+def test_mask_from_editor_empty_or_erased_is_none():
+    assert state.mask_from_editor(None, (64, 64)) is None
+    assert state.mask_from_editor({"background": None, "layers": [], "composite": None}, (64, 64)) is None
+    erased = _layer((512, 512), (0, 100, 0, 100), alpha=0)  # the eraser leaves alpha 0
+    assert state.mask_from_layers([erased], (64, 64)) is None
+
+
+def test_mask_layer_round_trips():
+    mask = np.zeros((16, 20), bool)
+    mask[3:9, 4:15] = True
+    layer = state.mask_layer(mask, 4)
+    assert layer.shape == (64, 80, 4)
+    np.testing.assert_array_equal(state.mask_from_layers([layer], (20, 16)), mask)
+    assert state.mask_layer(None, 4) is None
+
+
+# ---------------------------------------------------------- uploads, checks
+def test_upload_checks_type_size_and_pixels(tmp_path):
+    good = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(good)
+    assert state.load_upload(good).size == (40, 30)
+    rgba = tmp_path / "rgba.webp"
+    Image.new("RGBA", (8, 8), (1, 2, 3, 100)).save(rgba)
+    assert state.load_upload(rgba).mode == "RGB"
+    with pytest.raises(GoodDragError, match=r"photo.png' is 0.0 MB; the limit is 0 MB"):
+        state.load_upload(good, max_bytes=10)
+    with pytest.raises(GoodDragError, match=r"40x30 = 0.0 megapixels; the limit is 0.0"):
+        state.load_upload(good, max_pixels=1000)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(GoodDragError, match="is not an image this app reads"):
+        state.load_upload(text)
+    ppm = tmp_path / "pic.ppm"
+    Image.new("RGB", (4, 4)).save(ppm)
+    with pytest.raises(GoodDragError, match="is a PPM image; use one of PNG, JPEG"):
+        state.load_upload(ppm)
+    with pytest.raises(GoodDragError, match="no such file"):
+        state.load_upload(tmp_path / "missing.png")
+
+
+def test_run_problem_messages():
+    img = Image.new("RGB", (64, 64))
+    assert state.run_problem(None, []) == "No image: upload one or pick an example first."
+    assert state.run_problem(img, []).startswith("No points: click a handle")
+    assert "has no target yet" in state.run_problem(img, [[1, 2]])
+    assert "outside the 64x64 image" in state.run_problem(img, [[1, 2], [70, 2]])
+    assert "equals its target" in state.run_problem(img, [[1, 2], [1, 2]])
+    assert "the mask is 8x8" in state.run_problem(img, [[1, 2], [3, 4]], np.ones((8, 8), bool)).lower()
+    assert state.run_problem(img, [[1, 2], [3, 4]]) is None
+
+
+def test_settings_presets_and_models():
+    assert state.parse_settings("") == {} and state.parse_settings('{"lr": 0.1}') == {"lr": 0.1}
+    with pytest.raises(GoodDragError, match="not valid JSON"):
+        state.parse_settings("{lr: 1")
+    with pytest.raises(GoodDragError, match="must be a JSON object"):
+        state.parse_settings("[1, 2]")
+    cfg = state.make_config("shapes-gooddrag", {"lora_steps": 5.0, "lr": 0.5, "r1": None})
+    assert cfg.lora_steps == 5 and isinstance(cfg.lora_steps, int) and cfg.lr == 0.5 and cfg.r1 == 4  # None keeps the preset's
+    with pytest.raises(GoodDragError, match="whole number"):
+        state.make_config("gooddrag", {"lora_steps": 2.5})
+    with pytest.raises(GoodDragError, match="must be a number"):
+        state.make_config("gooddrag", {"lr": "fast"})
+    with pytest.raises(GoodDragError, match="unknown setting"):
+        state.make_config("gooddrag", {"speed": 3})
+    with pytest.raises(GoodDragError, match="invalid setting"):
+        state.make_config("gooddrag", {"drag_end_step": 0})
+    assert state.default_preset(state.SHAPES_MODEL) == "shapes-gooddrag"
+    assert state.default_preset("stable-diffusion-v1-5/stable-diffusion-v1-5") == "gooddrag"
+    assert state.preset_for_model("some/sd", "shapes-dragdiffusion") == "dragdiffusion"
+    assert state.preset_for_model(state.SHAPES_MODEL, "dragdiffusion") == "shapes-dragdiffusion"
+    assert Path(engine.resolve_model(state.SHAPES_MODEL), "model_index.json").is_file()
+    with pytest.raises(GoodDragError, match="no model"):
+        engine.resolve_model(" ")
+
+
+def test_shipped_examples_are_the_shapes_cases():
+    """The gallery's shapes examples are files (the UI does not import the shapes application);
+    they must still be what make_case draws for their seeds."""
+    from gooddrag.shapes.scenes import make_case
+    from gooddrag.ui.examples import shipped_examples
+
+    examples = shipped_examples(repo_examples=False)
+    assert [ex.name for ex in examples] == ["shapes single #0", "shapes multi_point #1", "shapes multi_object #2"]
+    for ex, (seed, kind) in zip(examples, [(0, "single"), (1, "multi_point"), (2, "multi_object")]):
+        case = make_case(seed, size=64, kind=kind)
+        np.testing.assert_array_equal(np.asarray(ex.image), case.image)
+        np.testing.assert_array_equal(ex.mask, case.mask)
+        assert ex.points == state.interleave_points(case.handle_points, case.target_points)
