@@ -1,0 +1,77 @@
+"""A result folder is finished only once ``run.json`` is in it, and it appears all at once.
+
+The writer (gooddrag.outputs.write_result_folder) is interrupted after ``edited.png`` and before
+``run.json``, once as an exception (its cleanup runs) and once as a hard kill (its cleanup never
+runs, so a temporary folder is left behind). Then: the sample is not taken as done, a second
+``bench run`` redoes it and only it, and ``bench eval`` scores the finished samples only.
+"""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+
+import pytest
+
+from gooddrag import outputs
+from gooddrag.benchmark import evaluate as E
+from gooddrag.benchmark import runner as R
+from gooddrag.cli import main
+
+from .helpers import write_drag100_sample
+
+# helpers.TINY as command-line flags
+TINY_FLAGS = ["--resolution", "128", "--lora-steps", "0", "--num-inference-steps", "10", "--drag-end-step", "2",
+              "--track-per-step", "2", "--max-drag-per-track", "2", "--r1", "2", "--r2", "4", "--beta", "2",
+              "--mutual-attention-start-layer", "7"]
+SAMPLES = ["animals/cat_1", "dog_1"]
+INTERRUPTED = "dog_1"  # sorted after animals/cat_1: the second sample of the run
+
+
+class Interrupted(BaseException):
+    """Stands for the process being stopped (not an Exception: the runner must not catch it)."""
+
+
+@pytest.mark.parametrize("how", ["exception", "killed"])
+def test_an_interrupted_write_is_not_a_result(tmp_path, tiny_model_dir, monkeypatch, how):
+    for rel in SAMPLES:
+        write_drag100_sample(tmp_path / "ds" / rel)
+    out = tmp_path / "results"
+    argv = ["bench", "run", str(tmp_path / "ds"), "--out", str(out), "--model", str(tiny_model_dir), "--device", "cpu",
+            "--no-progress", *TINY_FLAGS]
+    real_write_text = pathlib.Path.write_text
+    seen = []
+
+    def write_text(self, *args, **kwargs):
+        if self.name == "run.json" and self.parent.name.startswith(f".{INTERRUPTED}.tmp-"):
+            seen.append(sorted(p.name for p in self.parent.iterdir()))
+            raise Interrupted
+        return real_write_text(self, *args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(pathlib.Path, "write_text", write_text)
+        if how == "killed":  # nothing after the interruption runs: no cleanup of the temporary folder
+            mp.setattr(outputs.shutil, "rmtree", lambda *a, **k: None)
+        with pytest.raises(Interrupted):
+            main(argv)
+    assert seen and "edited.png" in seen[0] and "run.json" not in seen[0]  # interrupted where intended
+
+    refs = {s.rel: s for s in R.find_samples(tmp_path / "ds")}
+    assert R.is_done(out, refs["animals/cat_1"]) and not R.is_done(out, refs[INTERRUPTED])
+    assert not (out / INTERRUPTED).exists()  # no half-written folder under the final name
+    leftovers = sorted(p.name for p in out.glob(f".{INTERRUPTED}.tmp-*"))
+    assert len(leftovers) == (1 if how == "killed" else 0)
+    if leftovers:
+        assert (out / leftovers[0] / "edited.png").is_file()
+    assert [r.rel for r in E.find_results(out)] == ["animals/cat_1"]  # eval sees finished results only
+
+    finished = (out / "animals/cat_1/run.json").stat().st_mtime_ns
+    assert main(argv) == 0  # the resumed run
+    assert (out / "animals/cat_1/run.json").stat().st_mtime_ns == finished  # not redone
+    assert set(outputs.RESULT_FILES) <= {p.name for p in (out / INTERRUPTED).iterdir()}  # redone, complete
+    assert [r.rel for r in E.find_results(out)] == SAMPLES[:1] + [INTERRUPTED]
+
+    assert main(["bench", "eval", str(out), "--metrics", "dai", "--no-progress"]) == 0
+    with open(out / "eval" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["sample"] for r in rows) == sorted(SAMPLES)  # the leftover temporary folder is not scored
