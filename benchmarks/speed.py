@@ -247,7 +247,7 @@ class ReferencePipeline(MeasuredPipeline):
     prints it) and point tracking on the CPU. Not a copy of the authors' code:
     theirs runs the fp32 weights under fp16 autocast in the drag (accelerate's
     mixed precision) and also copies reference tensors to the GPU and empties
-    the CUDA cache every step; like ours it tracks on the round's forward pass."""
+    the CUDA cache every step."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -255,15 +255,10 @@ class ReferencePipeline(MeasuredPipeline):
         self.fused_adam = False
         self.unet.to(memory_format=torch.contiguous_format)
 
-    def _drag_at_timestep(self, z, t, text, a, a_prev, handles, targets, mask, config, loss_fn, *args, **kwargs):
-        def loss_with_host_read(*la, **lk):
-            loss = loss_fn(*la, **lk)
-            loss.item()  # the authors read (print) the loss every step
-            return loss
-
-        return super()._drag_at_timestep(
-            z, t, text, a, a_prev, handles, targets, mask, config, loss_with_host_read, *args, **kwargs
-        )
+    def _drag_loss(self, *args, **kwargs):
+        loss = super()._drag_loss(*args, **kwargs)
+        loss.item()  # the authors read (print) the loss every step
+        return loss
 
     def _track(self, features, ref_vectors, handles, r2):
         return track_points(features.cpu(), ref_vectors.cpu(), handles.cpu(), r2=r2).to(handles.device)
@@ -336,7 +331,7 @@ def run_path(path: str, args, device: torch.device, dtype: torch.dtype) -> tuple
         for phase, _ in syncs:
             by_phase[phase] = by_phase.get(phase, 0) + 1
         out["host_syncs"] = {"total": len(syncs), "by_phase": by_phase,
-                             "tracking_rounds": res.stats.tracking_steps}
+                             "trackings": res.stats.tracking_steps}
     result = np.asarray(res.image)
     del pipe, res
     gc.collect()

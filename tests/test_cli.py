@@ -157,7 +157,8 @@ def test_edit_run_json(layout_run):
     assert timings["total"] >= max(v for k, v in timings.items() if k != "total")
 
     stats = rec["stats"]
-    assert set(stats) == {"drag_timesteps", "drag_steps", "tracking_steps", "drag_steps_per_timestep", "stop_reason"}
+    assert set(stats) == {"drag_timesteps", "drag_steps", "tracking_steps", "drag_rounds", "drag_steps_per_timestep",
+                          "stop_reason"}
     assert stats["stop_reason"] in ("budget", "reached", "no_change")
     assert 1 <= stats["drag_timesteps"] <= TINY["drag_end_step"]
     assert sum(stats["drag_steps_per_timestep"]) == stats["drag_steps"]
@@ -165,8 +166,9 @@ def test_edit_run_json(layout_run):
         per_timestep = TINY["track_per_step"] * TINY["max_drag_per_track"]
         assert stats["drag_timesteps"] == TINY["drag_end_step"]
         assert stats["drag_steps_per_timestep"] == [per_timestep] * TINY["drag_end_step"]
-        # no tracking before the very first step, one per later round, one after the last timestep
-        assert stats["tracking_steps"] == TINY["drag_end_step"] * TINY["track_per_step"]
+        # one tracking at each drag timestep's start, one closing each round
+        assert stats["drag_rounds"] == TINY["drag_end_step"] * TINY["track_per_step"]
+        assert stats["tracking_steps"] == TINY["drag_end_step"] * (1 + TINY["track_per_step"])
     assert rec["handle_points"] == [POINTS[0]] and rec["target_points"] == [POINTS[1]]
 
 

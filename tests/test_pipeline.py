@@ -2,10 +2,14 @@
 config says (counted), the DragDiffusion preset drags at one timestep, early stops,
 repeatability, any input size."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from gooddrag import PRESETS, GoodDragError, StepEvent
+from gooddrag.attention import MutualSelfAttentionProcessor
 from tests.helpers import POINTS, make_image, make_mask, tiny_config
 
 
@@ -13,6 +17,35 @@ def run(pipe, config, image=None, handles=(POINTS[0],), targets=(POINTS[1],), **
     image = image or make_image()
     return pipe(image, list(handles), list(targets), mask=kw.pop("mask", make_mask()), config=config,
                 progress=False, **kw)
+
+
+def trace(pipe, config, **kw):
+    """Run an edit and record its events in order: ``F`` a forward pass with gradient (a drag
+    step's), ``S`` an optimiser step, ``T:start`` / ``T:round`` a tracking, ``B+`` / ``B-`` a
+    batched DDIM step with / without mutual self-attention installed (read from the UNet's
+    processors at that moment)."""
+    events = []
+
+    def on_forward(module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        if sample.requires_grad:
+            events.append("F")
+        elif sample.shape[0] == 2:
+            mutual = any(isinstance(p, MutualSelfAttentionProcessor) for p in module.attn_processors.values())
+            events.append("B+" if mutual else "B-")
+
+    def on_event(e):
+        if e.phase == "drag":
+            events.append(f"T:{e.tracking}")
+
+    h1 = pipe.unet.register_forward_pre_hook(on_forward, with_kwargs=True)
+    h2 = register_optimizer_step_post_hook(lambda *a: events.append("S"))
+    try:
+        res = run(pipe, config, callback=on_event, **kw)
+    finally:
+        h1.remove()
+        h2.remove()
+    return events, res
 
 
 def test_aidd_runs_the_configured_drag_and_tracking_steps(tiny_pipe):
@@ -25,41 +58,101 @@ def test_aidd_runs_the_configured_drag_and_tracking_steps(tiny_pipe):
     assert res.stats.drag_timesteps == 3
     assert res.stats.drag_steps_per_timestep == [8, 8, 8]  # 4 rounds x 2 optimiser steps
     assert res.stats.drag_steps == 24
-    assert res.stats.tracking_steps == 12  # one per round (3 x 4)
+    assert res.stats.drag_rounds == 12
+    assert res.stats.tracking_steps == 15  # one at each timestep's start + one per round (3 + 3 x 4)
     phases = [e.phase for e in events]
-    assert phases.count("drag") == 12
+    assert phases.count("drag") == 15
     assert phases.count("inversion") == cfg.inversion_steps == 8
     assert phases.count("denoise") == 8
     assert all(isinstance(e, StepEvent) for e in events)
-    last_drag = [e for e in events if e.phase == "drag"][-1]
-    assert np.allclose(last_drag.handle_points, res.handle_points)
+    drags = [e for e in events if e.phase == "drag"]
+    assert [e.timestep for e in drags] == [0] * 5 + [1] * 5 + [2] * 5
+    assert [e.step for e in drags][:5] == [0, 1, 2, 3, 4]  # rounds done, out of 12
+    assert np.allclose(drags[-1].handle_points, res.handle_points)
+
+
+def test_order_of_events_in_a_drag_timestep_follows_the_authors(tiny_pipe):
+    """GoodDrag's gooddrag_step: one tracking on the first forward pass, then each optimiser step
+    after its own forward pass, and each round closed by a tracking on the round's LAST forward
+    pass (taken before its last step: an S lies between that F and the T); no tracking after the
+    last timestep; the DDIM steps of drag timesteps run without mutual self-attention, which is
+    on from the first step without drag work."""
+    cfg = tiny_config(drag_end_step=2, track_per_step=2, max_drag_per_track=2, stop_distance=0.0,
+                      max_track_no_change=0)
+    events, res = trace(tiny_pipe, cfg)
+    block = ["F", "T:start", "S", "F", "S", "T:round", "F", "S", "F", "S", "T:round"]
+    n_steps = cfg.inversion_steps
+    assert events == block + ["B-"] + block + ["B-"] + ["B+"] * (n_steps - 2)
+    assert res.stats.drag_steps_per_timestep == [4, 4]
+
+
+def test_fresh_feature_tracking_option_tracks_on_the_next_forward(tiny_pipe):
+    cfg = tiny_config(drag_end_step=2, track_per_step=2, max_drag_per_track=2, stop_distance=0.0,
+                      max_track_no_change=0, track_on_fresh_features=True)
+    events, _ = trace(tiny_pipe, cfg)
+    # each round's tracking waits for the next forward pass (the latent after the step); the last
+    # round's is dropped: the next timestep starts with its own tracking
+    block = ["F", "T:start", "S", "F", "S", "F", "T:round", "S", "F", "S"]
+    assert events[:2 * len(block) + 2] == block + ["B-"] + block + ["B-"]
+
+
+def test_mutual_attention_while_dragging_option(tiny_pipe):
+    cfg = tiny_config(drag_end_step=2, track_per_step=1, max_drag_per_track=1, stop_distance=0.0,
+                      max_track_no_change=0, mutual_attention_while_dragging=True)
+    events, _ = trace(tiny_pipe, cfg)
+    assert [e for e in events if e.startswith("B")] == ["B+"] * cfg.inversion_steps
+    # start_step counts denoising steps from where it would start
+    events, _ = trace(tiny_pipe, replace(cfg, mutual_attention_while_dragging=False, mutual_attention_start_step=3))
+    assert [e for e in events if e.startswith("B")] == ["B-"] * 5 + ["B+"] * (cfg.inversion_steps - 5)
 
 
 def test_dragdiffusion_preset_drags_at_one_timestep_only(tiny_pipe):
     cfg = tiny_config("dragdiffusion", drag_end_step=1, track_per_step=6, max_drag_per_track=1, stop_distance=0.0)
     assert PRESETS["dragdiffusion"].drag_end_step == 1 and PRESETS["dragdiffusion"].max_drag_per_track == 1
-    res = run(tiny_pipe, cfg)
+    events, res = trace(tiny_pipe, cfg)
     assert res.stats.drag_timesteps == 1
     assert res.stats.drag_steps_per_timestep == [6]
-    assert res.stats.tracking_steps == 6
+    # DragDiffusion's drag_diffusion_update: from the second step on, track on the step's own
+    # forward pass, then step; mutual self-attention from the first denoising step (its denoising
+    # starts at the drag timestep with the editor registered)
+    assert events == ["F", "S"] + ["F", "T:round", "S"] * 5 + ["B+"] * cfg.inversion_steps
+    assert res.stats.tracking_steps == 5
+
+
+def test_no_change_count_carries_over_and_ignores_timestep_starts(tiny_pipe):
+    # r2 = 0: tracking can never move a handle. One round of one step per timestep: each timestep
+    # has a start tracking (not counted) and a round tracking (counted). The count reaches 2 at the
+    # end of timestep 1, so timestep 2 does no drag work, and neither does any later one; mutual
+    # self-attention starts there.
+    cfg = tiny_config(r2=0, max_track_no_change=2, track_per_step=1, max_drag_per_track=1, drag_end_step=4,
+                      stop_distance=0.0)
+    events, res = trace(tiny_pipe, cfg)
+    assert res.stats.stop_reason == "no_change"
+    assert res.stats.drag_steps_per_timestep == [1, 1]
+    block = ["F", "T:start", "S", "T:round", "B-"]
+    assert events == block + block + ["B+"] * (cfg.inversion_steps - 2)
 
 
 def test_stops_when_tracking_does_not_move(tiny_pipe):
-    # r2 = 0: tracking can never move a handle, so the no-change stop fires after 2 rounds
+    # r2 = 0: no handle ever moves, so the no-change stop fires after 2 counted rounds, tested
+    # before the next optimiser step
     cfg = tiny_config(r2=0, max_track_no_change=2, track_per_step=10, max_drag_per_track=3, drag_end_step=3)
     res = run(tiny_pipe, cfg)
     assert res.stats.stop_reason == "no_change"
-    assert res.stats.tracking_steps == 2
-    assert res.stats.drag_steps == 6  # rounds 1 and 2 ran; round 3's tracking stopped the drag
+    assert res.stats.tracking_steps == 3  # the timestep's start + 2 rounds
+    assert res.stats.drag_steps == 6  # rounds 1 and 2 ran; the stop test came before round 3's first step
     assert res.stats.drag_steps_per_timestep == [6]
 
 
-def test_stops_when_handles_reach_targets(tiny_pipe):
-    # 2 px apart on the 128-px working image = 1 supervision cell < stop distance 2
-    cfg = tiny_config(r2=0, track_per_step=10)
-    res = run(tiny_pipe, cfg, handles=[[40, 40]], targets=[[42, 40]])
+def test_reaching_the_targets_ends_the_drag_phase(tiny_pipe):
+    # 2 px apart on the 128-px working image = 1 supervision cell < stop distance 2: the start
+    # tracking (r2 = 0 keeps the handle) finds it done before any step, and no later timestep drags
+    cfg = tiny_config(r2=0, track_per_step=10, drag_end_step=3)
+    events, res = trace(tiny_pipe, cfg, handles=[[40, 40]], targets=[[42, 40]])
     assert res.stats.stop_reason == "reached"
-    assert res.stats.tracking_steps == 1
+    assert res.stats.tracking_steps == 1 and res.stats.drag_steps == 0
+    assert res.stats.drag_steps_per_timestep == [0]
+    assert events == ["F", "T:start", "B-"] + ["B+"] * (cfg.inversion_steps - 1)
 
 
 def test_same_seed_same_image_and_lora_seed_matters(tiny_pipe):

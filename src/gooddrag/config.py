@@ -67,7 +67,10 @@ class DragConfig:
     max_drag_per_track: int = 3
     """Optimiser steps between two trackings (official GoodDrag 3, DragDiffusion 1)."""
     drag_loss_threshold: float = 0.0
-    """Stop a round's optimiser steps early when the drag loss falls below this; 0 = off (official 0)."""
+    """End a tracking round early, after an optimiser step whose drag loss (motion term only) is
+    <= this x (2 r1)^2 (the authors' scaling, GoodDrag pipeline.py ``__init__``); 0 = off (their
+    benchmark script: 0). At 0 the test could only fire when every pair is done, which the
+    reached-target stop already ends, so it costs no device sync."""
     max_track_no_change: int = 5
     """Stop dragging after this many tracking rounds in a row moved no handle; 0 = off
     (official 5 in the authors' benchmark script, 10 in their UI)."""
@@ -85,13 +88,29 @@ class DragConfig:
     """A handle closer than this to its target (supervision cells) is done (official 2)."""
     information_preserving: bool = True
     """GoodDrag's loss (compare with the ORIGINAL handle feature); False = DragDiffusion's (current handle)."""
+    track_at_timestep_start: bool = True
+    """Track the handles once at the start of every drag timestep, on its first forward pass; this
+    tracking does not count towards ``max_track_no_change`` (GoodDrag pipeline.py ``gooddrag_step``;
+    DragDiffusion's single timestep starts from the user's handles: False)."""
+    track_on_fresh_features: bool = False
+    """Where a round's closing tracking looks. False (the authors' GoodDrag code): on the features of
+    the round's LAST forward pass, computed before its last Adam step, so tracking lags one step.
+    True: on the features of the latent after that step (the next forward pass), as DragDiffusion's
+    code does every step. Ours, off in the ``gooddrag`` preset (docs/method.md, differences)."""
 
     # --- denoising (docs/algorithm.md, "The shared frame" 8) ----------------
     mutual_attention_start_layer: int = 10
     """Self-attention layers (counted down, mid, up) from this index on use mutual self-attention
     (official 10, i.e. layers 10..15 of SD1.5's 16)."""
+    mutual_attention_while_dragging: bool = False
+    """False (the authors' GoodDrag code, pipeline.py ``good_drag``): mutual self-attention is
+    switched on at the first denoising step WITHOUT drag work; the DDIM steps of the drag timesteps
+    denoise both branches with plain self-attention. True: on from the first denoising step,
+    including the drag timesteps' DDIM steps (DragDiffusion's code, whose denoising starts at its
+    one drag timestep with mutual self-attention registered)."""
     mutual_attention_start_step: int = 0
-    """Denoising step index from which mutual self-attention is on (official 0)."""
+    """Denoising steps, counted from where mutual self-attention would start, before it is switched
+    on (MasaCtrl's ``start_step``; 0 in both authors' codes)."""
 
     seed: int = 42
     """Seed of the LoRA's noise and timesteps (the drag itself is deterministic)."""
@@ -117,6 +136,9 @@ class DragConfig:
             "lam": self.lam >= 0,
             "sup_res_scale": 0.0 < self.sup_res_scale <= 1.0,
             "feature_block": self.feature_block >= 0,
+            "drag_loss_threshold": self.drag_loss_threshold >= 0,
+            "mutual_attention_start_layer": self.mutual_attention_start_layer >= 0,
+            "mutual_attention_start_step": self.mutual_attention_start_step >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -164,6 +186,9 @@ PRESETS: dict[str, DragConfig] = {
         beta=1.0,
         lam=0.1,
         information_preserving=False,
+        track_at_timestep_start=False,
+        track_on_fresh_features=True,
+        mutual_attention_while_dragging=True,
     ),
 }
 

@@ -11,18 +11,18 @@ al., ICLR 2025), Sec. 3.2 "information-preserving motion supervision".
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
-def patch_offsets(radius: int, centered: bool, device=None) -> torch.Tensor:
-    """Cell offsets ``(P, 2)`` of a square patch around a point, row-major.
+def patch_offsets(radius: int, device=None) -> torch.Tensor:
+    """Cell offsets ``(P, 2)`` of the centred square patch, rows/cols ``-r..r``
+    inclusive, row-major: ``P = (2r+1)^2`` (81 cells for r = 4).
 
-    ``centered=True``: the (2r+1)^2 patch rows/cols -r..r (DragDiffusion).
-    ``centered=False``: the (2r)^2 patch rows/cols -r..r-1 (GoodDrag's
-    half-open slice ``[h-r, h+r)``, whence its ``(2*r1)^2`` factor).
+    Both methods' patches have this shape (GoodDrag: pipeline.py
+    ``cal_motion_supervision_loss``, slice ``[int(h) - r1, int(h) + r1 + 1)``;
+    DragDiffusion: drag_utils.py ``drag_diffusion_update``); they differ in
+    the weight (:func:`gooddrag_motion_loss`, :func:`dragdiffusion_motion_loss`).
     """
-    stop = radius + 1 if centered else radius
-    r = torch.arange(-radius, stop, device=device, dtype=torch.float32)
+    r = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
     rows, cols = torch.meshgrid(r, r, indexing="ij")
     return torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=-1)
 
@@ -32,17 +32,31 @@ def sample_patches(features: torch.Tensor, points: torch.Tensor, offsets: torch.
 
     features: (1, C, h, w); points: (N, 2) (row, col), fractional allowed;
     offsets: (P, 2). Returns (N, C, P). Positions outside the map take the
-    nearest border value. At integer positions the result equals indexing.
+    nearest border value. At integer positions the result equals indexing
+    exactly (the weights are 1 and 0).
+
+    Written out (four corner gathers) rather than with ``grid_sample``:
+    grid_sample's coordinate normalisation moves integer positions by ~1e-7,
+    so its samples differ from the authors' integer slices in the last bits.
     """
     _, _, h, w = features.shape
     pos = points[:, None, :].to(features.dtype) + offsets[None].to(features.dtype)  # (N, P, 2)
-    # grid_sample wants (x, y) in [-1, 1]; align_corners=True puts -1/+1 on the
-    # centres of the first/last cells, so cell index i maps exactly to i.
-    gx = pos[..., 1] * (2.0 / max(w - 1, 1)) - 1.0
-    gy = pos[..., 0] * (2.0 / max(h - 1, 1)) - 1.0
-    grid = torch.stack([gx, gy], dim=-1)[None]  # (1, N, P, 2)
-    out = F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return out[0].permute(1, 0, 2)  # (1, C, N, P) -> (N, C, P)
+    top_left = pos.floor()
+    frac = pos - top_left  # (N, P, 2) in [0, 1)
+    r0, c0 = top_left[..., 0].long(), top_left[..., 1].long()
+    fr, fc = frac[..., 0], frac[..., 1]
+    fmap = features[0]  # (C, h, w)
+
+    def at(r, c):  # (C, N, P), border cells repeated outside the map
+        return fmap[:, r.clamp(0, h - 1), c.clamp(0, w - 1)]
+
+    out = (
+        at(r0, c0) * ((1 - fr) * (1 - fc))
+        + at(r0 + 1, c0) * (fr * (1 - fc))
+        + at(r0, c0 + 1) * ((1 - fr) * fc)
+        + at(r0 + 1, c0 + 1) * (fr * fc)
+    )
+    return out.permute(1, 0, 2)  # (C, N, P) -> (N, C, P)
 
 
 def step_towards(handle_points: torch.Tensor, target_points: torch.Tensor, beta: float) -> torch.Tensor:
@@ -70,17 +84,20 @@ def motion_supervision_loss(
     *,
     radius: int,
     beta: float,
-    centered: bool,
+    weight: float,
     stop_distance: float = 2.0,
 ) -> torch.Tensor:
-    """``sum_i P * mean|ref_i - F[patch(h_i + d_i)]|`` over the pairs not yet done.
+    """``sum_i weight * mean|ref_i - F[patch(h_i + d_i)]|`` over the pairs not yet done.
 
-    ``reference_patches`` (N, C, P) are detached; P is the number of cells in
-    a patch ((2r)^2 or (2r+1)^2). Pairs within ``stop_distance`` contribute 0.
+    features: (1, C, h, w); reference_patches: (N, C, (2r+1)^2), detached;
+    handle_points / target_points: (N, 2) (row, col) cells. The moved patch is
+    the centred patch around ``h_i + d_i`` (:func:`step_towards`), sampled
+    bilinearly. Pairs within ``stop_distance`` of their target contribute 0.
+    Returns a 0-dim tensor (0 when every pair is done).
     """
-    offsets = patch_offsets(radius, centered, features.device)
-    moved = sample_patches(features, step_towards(handle_points, target_points, beta), offsets)
-    per_pair = (moved - reference_patches).abs().mean(dim=(1, 2)) * offsets.shape[0]  # (N,)
+    offsets = patch_offsets(radius, features.device)
+    moved = sample_patches(features, step_towards(handle_points, target_points, beta), offsets)  # (N, C, P)
+    per_pair = (moved - reference_patches).abs().mean(dim=(1, 2)) * weight  # (N,)
     active = active_pairs(handle_points, target_points, stop_distance)
     return (per_pair * active.to(per_pair.dtype)).sum()
 
@@ -95,16 +112,20 @@ def gooddrag_motion_loss(
     beta: float,
     stop_distance: float = 2.0,
 ) -> torch.Tensor:
-    """GoodDrag's information-preserving loss (paper Eq. 6).
+    """GoodDrag's information-preserving loss (paper Eq. 6, the authors' pipeline.py
+    ``cal_motion_supervision_loss``):
 
-    ``L = sum_i (2 r1)^2 mean|F0_t[patch(h_i^0)] - F(z)[patch(h_i + d_i)]|``.
-    ``reference_patches`` (N, C, (2 r1)^2) are the ORIGINAL handles' patches on
-    the unedited features at this timestep:
-    ``sample_patches(F0_t, handle_points_init, patch_offsets(r1, centered=False))``.
+    ``L = sum_i (2 r1)^2 mean|F0_t[patch(h_i^0)] - F(z)[patch(h_i + d_i)]|``
+
+    over the centred (2 r1 + 1)^2 patch; ``(2 r1)^2`` is only a weight (64 for
+    r1 = 4, over 81 cells). ``reference_patches`` (N, C, (2 r1 + 1)^2) are the
+    ORIGINAL handles' patches on the unedited features at this timestep:
+    ``sample_patches(F0_t, handle_points_init, patch_offsets(r1))`` (integer
+    positions: plain indexing).
     """
     return motion_supervision_loss(
         features, reference_patches.detach(), handle_points, target_points,
-        radius=r1, beta=beta, centered=False, stop_distance=stop_distance,
+        radius=r1, beta=beta, weight=float((2 * r1) ** 2), stop_distance=stop_distance,
     )
 
 
@@ -118,17 +139,17 @@ def dragdiffusion_motion_loss(
     beta: float = 1.0,
     stop_distance: float = 2.0,
 ) -> torch.Tensor:
-    """DragDiffusion's loss (its Eq. 3): the reference is the CURRENT handle's
-    (2 r1 + 1)^2 patch on the features being optimised, detached; step of
-    length ``beta`` (1 in DragDiffusion). ``reference_patches`` is ignored; it
-    keeps the signature the same as :func:`gooddrag_motion_loss`.
+    """DragDiffusion's loss (its Eq. 3; drag_utils.py ``drag_diffusion_update``):
+    the reference is the CURRENT handle's (2 r1 + 1)^2 patch on the features
+    being optimised, detached, weight (2 r1 + 1)^2; step of length ``beta``
+    (1 in DragDiffusion). ``reference_patches`` is ignored; it keeps the
+    signature the same as :func:`gooddrag_motion_loss`.
     """
     del reference_patches
-    offsets = patch_offsets(r1, centered=True, device=features.device)
-    reference = sample_patches(features, handle_points, offsets).detach()
+    reference = sample_patches(features, handle_points, patch_offsets(r1, features.device)).detach()
     return motion_supervision_loss(
         features, reference, handle_points, target_points,
-        radius=r1, beta=beta, centered=True, stop_distance=stop_distance,
+        radius=r1, beta=beta, weight=float((2 * r1 + 1) ** 2), stop_distance=stop_distance,
     )
 
 
@@ -154,7 +175,7 @@ def track_points(
     integer-valued floats. Runs on device with no host sync.
     """
     _, _, h, w = features.shape
-    offsets = patch_offsets(r2, centered=True, device=features.device).long()  # (P, 2)
+    offsets = patch_offsets(r2, features.device).long()  # (P, 2)
     pos = handle_points.long()[:, None, :] + offsets[None]  # (N, P, 2)
     inside = (pos[..., 0] >= 0) & (pos[..., 0] < h) & (pos[..., 1] >= 0) & (pos[..., 1] < w)
     window = features[0][:, pos[..., 0].clamp(0, h - 1), pos[..., 1].clamp(0, w - 1)]  # (C, N, P)

@@ -169,6 +169,7 @@ def run_record(
             "drag_timesteps": result.stats.drag_timesteps,
             "drag_steps": result.stats.drag_steps,
             "tracking_steps": result.stats.tracking_steps,
+            "drag_rounds": result.stats.drag_rounds,
             "drag_steps_per_timestep": result.stats.drag_steps_per_timestep,
             "stop_reason": result.stats.stop_reason,
         },

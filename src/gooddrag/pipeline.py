@@ -57,7 +57,9 @@ PHASES = ("lora", "inversion", "drag", "denoise", "decode")
 class StepEvent:
     """What a step callback receives. ``latents`` is the edited branch's
     predicted clean latent (drag and denoise phases) for previews;
-    ``handle_points`` the current handles in input-image (x, y) pixels."""
+    ``handle_points`` the current handles in input-image (x, y) pixels. Drag
+    events come after each tracking; ``step`` counts the tracking rounds done
+    out of ``total`` = drag_end_step x track_per_step."""
 
     phase: str
     step: int
@@ -65,6 +67,10 @@ class StepEvent:
     latents: torch.Tensor | None = None
     handle_points: np.ndarray | None = None
     loss: float | None = None
+    timestep: int | None = None
+    """Drag and denoise events: 0-based index of the denoising timestep."""
+    tracking: str | None = None
+    """Drag events: ``"start"`` (a drag timestep's first tracking) or ``"round"`` (a round's closing one)."""
 
 
 StepCallback = Callable[[StepEvent], None]
@@ -79,10 +85,39 @@ class DragStats:
     drag_steps: int = 0
     """Optimiser steps on the latent, all timesteps together."""
     tracking_steps: int = 0
-    """Point-tracking rounds, all timesteps together."""
+    """Point trackings, all timesteps together (timestep starts and round ends)."""
+    drag_rounds: int = 0
+    """Tracking rounds completed (each ends after ``max_drag_per_track`` optimiser steps)."""
     drag_steps_per_timestep: list[int] = field(default_factory=list)
     stop_reason: str = "budget"
     """``budget`` (all steps ran), ``reached`` (handles at targets) or ``no_change`` (tracking stalled)."""
+
+
+@dataclass
+class _TimestepReference:
+    """The unedited trajectory at one drag timestep (computed once, no grad)."""
+
+    vectors: torch.Tensor
+    """(N, C) features at the ORIGINAL handles: the tracking reference."""
+    patches: torch.Tensor
+    """(N, C, (2 r1 + 1)^2) patches around the ORIGINAL handles: GoodDrag's motion reference."""
+    x_prev: torch.Tensor
+    """(1, c, h, w) DDIM step of the unedited latent: the background term's reference."""
+
+
+@dataclass
+class _DragState:
+    """What carries over between drag timesteps."""
+
+    handles: torch.Tensor
+    """(N, 2) current handles, (row, col) supervision cells."""
+    no_change: int = 0
+    """Round-closing trackings in a row that moved no handle (carries over, as in the authors' code)."""
+    stopped: bool = False
+    """A stop rule ended the drag phase: later timesteps only denoise."""
+    reached: bool | None = None
+    """Whether every handle is done, as of the last tracking (None: not tracked since the last change)."""
+    stats: DragStats = field(default_factory=lambda: DragStats())
 
 
 @dataclass
@@ -300,7 +335,9 @@ class DragPipeline:
             target_points_xy=targets,
             handle_points=to_grid(handles),
             target_points=to_grid(targets),
-            mask=geometry.resize_mask(mask_t, latent).to(self.device),
+            # input -> supervision grid -> latent, nearest each time, as both authors' codes
+            # resize it (GoodDrag pipeline.py ``prepare_mask`` and ``good_drag``)
+            mask=geometry.resize_mask(geometry.resize_mask(mask_t, sup), latent).to(self.device),
         )
 
     # ------------------------------------------------------------ 2. prompt
@@ -428,44 +465,47 @@ class DragPipeline:
         timesteps, drag (rounds of optimiser steps and point tracking), then
         take one DDIM step; then denoise to t = 0. DragDiffusion is the case
         ``drag_end_step = 1``. The source (unedited) branch is denoised in the
-        same batch and feeds mutual self-attention.
+        same batch and feeds mutual self-attention, which is switched on at the
+        first denoising step without drag work (or from the first step, with
+        ``mutual_attention_while_dragging``).
 
         latents: (1, c, h, w) inverted latent at ``schedule.timesteps[0]``.
         Returns clean edited latents, final handles (row, col supervision
         cells), stats, trajectory x0-latents and per-phase seconds.
         """
         pt = self.scheduler.config.prediction_type
-        loss_fn = MOTION_LOSSES["gooddrag" if config.information_preserving else "dragdiffusion"]
-        handle_init, targets = inputs.handle_points, inputs.target_points  # (N, 2) supervision cells
+        handle_init = inputs.handle_points  # (N, 2) supervision cells
         n_drag = config.drag_end_step
-        stats = DragStats()
         trajectory: list[torch.Tensor] = []
-        offsets = patch_offsets(config.r1, centered=not config.information_preserving, device=self.device)
+        offsets = patch_offsets(config.r1, self.device)  # ((2 r1 + 1)^2, 2)
         one = torch.ones((), device=self.device)  # alpha_prod of a clean latent (x0 previews), already on the device
         clock = _PhaseClock(self.device)
         mark = clock.now()
 
         with FeatureHook(self.unet, config.feature_block) as hook:
-            # Unedited trajectory through the drag timesteps: reference features
-            # at the original handles and the DDIM steps x_{t-1}^orig.
-            source = [latents]
-            ref_vectors, ref_patches, x_prev_orig = [], [], []
+            # Unedited trajectory through the drag timesteps (the authors'
+            # ``get_original_features``): per timestep the features at the
+            # ORIGINAL handles (tracking reference vectors, GoodDrag's reference
+            # patches) and the DDIM step x_{t-1}^orig (the background term's reference).
+            refs: list[_TimestepReference] = []
+            source = latents
             with torch.no_grad():
                 for k in range(n_drag):
                     t = schedule.timesteps[k].to(self.device)
-                    eps = self.model_output(source[-1], t, text)
+                    eps = self.model_output(source, t, text)
                     f0 = hook.features(inputs.sup_size)  # (1, C, h_sup, w_sup)
-                    ref_vectors.append(features_at(f0, handle_init))  # (N, C)
-                    ref_patches.append(sample_patches(f0, handle_init, offsets))  # (N, C, P)
-                    x_prev_orig.append(ddim_step(source[-1], eps, schedule.alphas[k], schedule.alphas_prev[k], pt))
-                    source.append(x_prev_orig[-1])
+                    source = ddim_step(source, eps, schedule.alphas[k], schedule.alphas_prev[k], pt)
+                    refs.append(_TimestepReference(
+                        vectors=features_at(f0, handle_init),  # (N, C)
+                        patches=sample_patches(f0, handle_init, offsets),  # (N, C, (2 r1 + 1)^2)
+                        x_prev=source,  # (1, c, h, w)
+                    ))
             mark = clock.add("drag", mark)  # the reference trajectory is drag work
 
-            handles = handle_init.clone()
-            stopped = False
-            no_change = 0
+            state = _DragState(handles=handle_init.clone())
             z = src = latents
             n_steps = len(schedule)
+            mutual_from: int | None = None  # step at which mutual self-attention would start
             bar_drag = tqdm(total=n_drag * config.track_per_step, desc="drag", disable=not progress, leave=False)
             bar_denoise = tqdm(total=n_steps, desc="denoise", disable=not progress, leave=False)
             with contextlib.ExitStack() as stack:
@@ -474,15 +514,21 @@ class DragPipeline:
                 for k in range(n_steps):
                     t = schedule.timesteps[k].to(self.device)
                     a, a_prev = schedule.alphas[k], schedule.alphas_prev[k]
-                    if k < n_drag and not stopped:
-                        z, handles, stopped, no_change = self._drag_at_timestep(
-                            z, t, text, a, a_prev, handles, targets, inputs.mask, config, loss_fn,
-                            ref_patches[k], x_prev_orig[k], ref_vectors[k], last=k == n_drag - 1,
-                            stats=stats, no_change=no_change, hook=hook, sup_size=inputs.sup_size,
-                            bar=bar_drag, callback=callback, to_image=lambda h: self._grid_to_input(h, inputs),
+                    # The authors' outer test (GoodDrag pipeline.py ``good_drag``): drag
+                    # while within drag_end_step, not stopped, and the no-change count
+                    # (which carries over between timesteps) is not exhausted.
+                    if k < n_drag and not state.stopped and self._no_change_exhausted(state, config):
+                        state.stopped, state.stats.stop_reason = True, "no_change"
+                    dragging = k < n_drag and not state.stopped
+                    if dragging:
+                        z = self._drag_at_timestep(
+                            z, k, t, text, a, a_prev, refs[k], inputs, config, state,
+                            hook=hook, bar=bar_drag, callback=callback,
                         )
                         mark = clock.add("drag", mark)
-                    if k == config.mutual_attention_start_step:
+                    if mutual_from is None and (config.mutual_attention_while_dragging or not dragging):
+                        mutual_from = k
+                    if mutual_from is not None and k == mutual_from + config.mutual_attention_start_step:
                         # From here on the edited half of each batch attends to the source half.
                         stack.enter_context(mutual_self_attention(self.unet, config.mutual_attention_start_layer))
                     with torch.no_grad():
@@ -494,81 +540,126 @@ class DragPipeline:
                             if keep_trajectory and k < n_drag:
                                 trajectory.append(x0)
                             if callback is not None:
-                                callback(StepEvent("denoise", k + 1, n_steps, latents=x0))
+                                callback(StepEvent("denoise", k + 1, n_steps, latents=x0, timestep=k))
                     bar_denoise.update(1)
                     mark = clock.add("denoise", mark)
         timings = {"drag": 0.0, "denoise": 0.0} | clock.seconds()
-        return z, handles, stats, trajectory, timings
+        return z, state.handles, state.stats, trajectory, timings
+
+    @staticmethod
+    def _no_change_exhausted(state: "_DragState", config: DragConfig) -> bool:
+        return bool(config.max_track_no_change) and state.no_change >= config.max_track_no_change
 
     def _drag_at_timestep(
-        self, z, t, text, a, a_prev, handles, targets, mask, config, loss_fn, ref_patches, x_prev_orig,
-        ref_vectors, *, last: bool, stats: DragStats, no_change: int, hook: FeatureHook, sup_size, bar, callback, to_image,
-    ):
-        """One AIDD block at timestep t: ``track_per_step`` rounds of up to
-        ``max_drag_per_track`` Adam steps on z_t, each round starting with point
-        tracking on that round's first forward pass (no extra UNet call; the
-        very first round starts from the user's handles). After the last drag
-        timestep one more forward pass tracks the handles' final positions.
+        self, z, k: int, t, text, a, a_prev, ref: "_TimestepReference", inputs: PreparedInputs,
+        config: DragConfig, state: "_DragState", *, hook: FeatureHook, bar, callback: StepCallback | None,
+    ) -> torch.Tensor:
+        """One AIDD drag block at timestep ``t`` (index ``k``), in the order of
+        the authors' ``gooddrag_step`` (GoodDrag pipeline.py):
+
+        - a fresh Adam on z_t;
+        - with ``track_at_timestep_start``, one tracking on the first forward
+          pass (it does not move the no-change count);
+        - the stop rules (every pair within ``stop_distance``; no-change count
+          exhausted) are tested before every optimiser step and end the whole
+          drag phase;
+        - each optimiser step takes its own forward pass before its Adam step;
+        - after ``max_drag_per_track`` steps (or a step whose drag loss is <=
+          ``drag_loss_threshold x (2 r1)^2``) the round ends with a tracking
+          that updates the no-change count: on that round's last forward pass
+          (before its last Adam step), or with ``track_on_fresh_features`` on
+          the next forward pass (the latent after the step; DragDiffusion).
+        No tracking follows the last round of a timestep in the fresh mode.
 
         Frames: handles/targets (N, 2) (row, col) supervision cells; z (1, c, h, w).
-        One host read per round decides the early stops.
+        Host reads: one per tracking (the stop decision), none per step
+        (unless ``drag_loss_threshold`` > 0).
         """
         pt = self.scheduler.config.prediction_type
+        stats = state.stats
+        targets = inputs.target_points
         z = z.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([z], lr=config.lr, fused=True if self.fused_adam and z.is_cuda else None)
-        steps_here = 0
-        stopped = False
+        threshold = config.drag_loss_threshold * (2 * config.r1) ** 2
+        steps_here = rounds = in_round = 0
+        pending = "start" if config.track_at_timestep_start else None  # a tracking due on the next forward
+        check = True  # the stop rules must be tested before the next optimiser step
 
-        def track(features):
-            nonlocal handles, no_change, stopped
-            new = self._track(features.detach(), ref_vectors, handles, config.r2)
-            moved = (new != handles).any()
-            handles = new
+        def track(features: torch.Tensor, kind: str) -> None:
+            new = self._track(features.detach(), ref.vectors, state.handles, config.r2)
+            moved = (new != state.handles).any()
+            reached = (~active_pairs(new, targets, config.stop_distance)).all()
+            state.handles = new
             stats.tracking_steps += 1
-            reached = (~active_pairs(handles, targets, config.stop_distance)).all()
-            reached_host, moved_host = torch.stack([reached, moved]).tolist()  # the round's one host read
-            no_change = 0 if moved_host else no_change + 1
-            if reached_host:
-                stats.stop_reason, stopped = "reached", True
-            elif config.max_track_no_change and no_change >= config.max_track_no_change:
-                stats.stop_reason, stopped = "no_change", True
+            reached_host, moved_host = torch.stack([reached, moved]).tolist()  # the tracking's one host read
+            state.reached = bool(reached_host)
+            if kind == "round":
+                state.no_change = 0 if moved_host else state.no_change + 1
             if callback is not None:
                 callback(StepEvent(
-                    "drag", stats.tracking_steps, config.drag_end_step * config.track_per_step,
-                    handle_points=to_image(handles),
+                    "drag", stats.drag_rounds, config.drag_end_step * config.track_per_step,
+                    handle_points=self._grid_to_input(state.handles, inputs), timestep=k, tracking=kind,
                 ))
 
-        for _ in range(config.track_per_step):
-            for s in range(config.max_drag_per_track):
-                eps = self.model_output(z, t, text)
-                features = hook.features(sup_size)  # (1, C, h_sup, w_sup)
-                if s == 0 and stats.drag_steps > 0:
-                    track(features)
-                    if stopped:
-                        break
-                x_prev = ddim_step(z, eps, a, a_prev, pt)
-                loss = loss_fn(
-                    features, ref_patches, handles, targets, r1=config.r1, beta=config.beta,
-                    stop_distance=config.stop_distance,
-                ) + config.lam * background_loss(x_prev, x_prev_orig, mask)
-                if config.drag_loss_threshold > 0 and loss.detach().item() < config.drag_loss_threshold:
-                    break  # opt-in: costs one host read per step
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                steps_here += 1
-                stats.drag_steps += 1
-            if stopped:
-                break
-            bar.update(1)
-        if last and not stopped:
-            with torch.no_grad():
-                self.model_output(z, t, text)
-                track(hook.features(sup_size))
+        def should_stop() -> bool:
+            if state.reached is None:  # handles not tracked yet: the user's (DragDiffusion's first step)
+                state.reached = bool((~active_pairs(state.handles, targets, config.stop_distance)).all())
+            if state.reached:
+                stats.stop_reason = "reached"
+            elif self._no_change_exhausted(state, config):
+                stats.stop_reason = "no_change"
+            else:
+                return False
+            state.stopped = True
+            return True
+
+        while rounds < config.track_per_step:
+            if check and pending is None:
+                if should_stop():
+                    break
+                check = False
+            eps = self.model_output(z, t, text)
+            features = hook.features(inputs.sup_size)  # (1, C, h_sup, w_sup)
+            if pending is not None:
+                track(features, pending)
+                pending = None
+                if should_stop():
+                    break
+                check = False
+            x_prev = ddim_step(z, eps, a, a_prev, pt)
+            drag_loss = self._drag_loss(features, ref.patches, state.handles, targets, config)
+            loss = drag_loss + config.lam * background_loss(x_prev, ref.x_prev, inputs.mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps_here += 1
+            stats.drag_steps += 1
+            in_round += 1
+            # With threshold 0 the test can only pass when every pair is done, which the
+            # reached stop has already caught: no host read then.
+            if in_round == config.max_drag_per_track or (threshold > 0 and drag_loss.detach().item() <= threshold):
+                rounds += 1
+                in_round = 0
+                stats.drag_rounds += 1
+                bar.update(1)
+                if config.track_on_fresh_features:
+                    pending = "round"
+                else:
+                    track(features, "round")
+                    check = True
+        state.reached = None if config.track_on_fresh_features and pending else state.reached
         if steps_here:
             stats.drag_timesteps += 1
         stats.drag_steps_per_timestep.append(steps_here)
-        return z.detach(), handles, stopped, no_change
+        return z.detach()
+
+    def _drag_loss(self, features, reference_patches, handles, targets, config: DragConfig) -> torch.Tensor:
+        """The method's motion-supervision loss (benchmarks/speed.py's reference path overrides it)."""
+        loss_fn = MOTION_LOSSES["gooddrag" if config.information_preserving else "dragdiffusion"]
+        return loss_fn(
+            features, reference_patches, handles, targets,
+            r1=config.r1, beta=config.beta, stop_distance=config.stop_distance,
+        )
 
     def _track(self, features: torch.Tensor, ref_vectors: torch.Tensor, handles: torch.Tensor, r2: int) -> torch.Tensor:
         """Point tracking on the device (benchmarks/speed.py's reference path overrides it to track on the CPU)."""
