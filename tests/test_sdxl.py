@@ -112,6 +112,34 @@ def test_backbone_is_read_from_configs_not_from_the_path(tiny_sdxl_dir, tiny_mod
     assert isinstance(sd, StableDiffusionPipeline) and backbone_kind(sd) == SD
 
 
+def test_hub_id_is_recognised_from_its_cached_configs(tiny_sdxl_dir, tiny_sdxl):
+    """A hub id offline: model_index.json and unet/config.json come from the local cache
+    (laid out as huggingface_hub writes it; conftest points HF_HUB_CACHE at a temporary folder)."""
+    import os
+    from pathlib import Path
+
+    from diffusers import StableDiffusionXLPipeline
+
+    repo = Path(os.environ["HF_HUB_CACHE"]) / "models--gooddrag-tests--tiny-sdxl"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    if not repo.exists():
+        shutil.copytree(tiny_sdxl_dir, repo / "snapshots" / sha)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(sha)
+    pipe, source = load_components("gooddrag-tests/tiny-sdxl")
+    assert isinstance(pipe, StableDiffusionXLPipeline) and source.kind == "hub"
+    assert _same_weights(pipe.unet, tiny_sdxl.unet)
+
+
+def test_bf16_sdxl_runs_with_its_conditioning(tiny_sdxl_dir):
+    pipe, _ = load_components(str(tiny_sdxl_dir), dtype=torch.bfloat16)
+    assert pipe.unet.dtype == pipe.text_encoder_2.dtype == torch.bfloat16
+    cond = encode_conditioning(pipe, "a cat", (64, 64), "cpu")
+    assert cond.added_cond_kwargs["text_embeds"].dtype == torch.bfloat16
+    out = pipe.unet(torch.randn(1, 4, 8, 8, dtype=torch.bfloat16), torch.tensor(10), **cond.unet_kwargs(1)).sample
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
 def test_backbone_kind_of_config():
     sdxl_index = {"_class_name": "StableDiffusionXLPipeline", "text_encoder": ["transformers", "CLIPTextModel"],
                   "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}
@@ -239,8 +267,9 @@ def test_conditioning_expand_and_to():
 
 
 def test_lora_training_passes_the_added_conditioning(tiny_sdxl):
-    from gooddrag import get_preset, lora
     from diffusers import DDIMScheduler
+
+    from gooddrag import get_preset, lora
 
     unet = tiny_sdxl.unet
     cond = encode_conditioning(tiny_sdxl, "", (64, 64), "cpu")

@@ -71,9 +71,10 @@ def backbone_kind_of_config(model_index: dict[str, Any] | None, unet_config: dic
         added = unet_config.get("addition_embed_type")
         if added == "text_time":
             if model_index and not {"text_encoder", "text_encoder_2"} <= components:
+                encoders = sorted(c for c in components if "text_encoder" in c)
                 raise GoodDragError(
-                    f"unsupported model: an SDXL UNet with text encoders {sorted(c for c in components if 'text' in c)} "
-                    "(the SDXL refiner has only the second one; use an SDXL base model or a fine-tune of it)"
+                    f"unsupported model: an SDXL UNet with text encoders {encoders} (the SDXL refiner "
+                    "has only the second one; use an SDXL base model or a fine-tune of it)"
                 )
             return SDXL
         if added is not None or unet_config.get("class_embed_type") is not None:

@@ -61,7 +61,8 @@ SDXL_BASE_UNET_CONFIG: dict[str, Any] = dict(
 SDXL_FEATURE_BLOCK = 2
 """``feature_block_index`` of the SDXL base layout (output of up_blocks[1], 128x128 for a 128x128 latent)."""
 SDXL_MUTUAL_ATTENTION_START_LAYER = 46
-"""``mutual_attention_start_layer`` of the SDXL base layout: 70 self-attention layers, 36 in the decoder, last 24 mutual."""
+"""``mutual_attention_start_layer`` of the SDXL base layout: 70 self-attention layers,
+36 in the decoder, the last 24 mutual."""
 SDXL_RESOLUTION = 1024
 SDXL_LIGHT_RESOLUTION = 768
 
