@@ -68,3 +68,22 @@ def write_dragbench_sample(folder: Path, width: int = 96, height: int = 80) -> P
     meta = {"prompt": "a yellow disc", "points": POINTS, "mask": make_mask(width, height).astype(np.uint8)}
     (folder / "meta_data.pkl").write_bytes(pickle.dumps(meta))
     return folder
+
+
+def in_ci() -> bool:
+    """True under CI=true (also 1 or yes)."""
+    import os
+
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip the calling test when ``condition`` is false; under CI=true fail instead (tests/conftest.py
+    turns every skip there into a failure, except for tests marked ``may_skip_in_ci``)."""
+    import pytest
+
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: a missing requirement is a failure, not a skip)")
+    pytest.skip(reason)
