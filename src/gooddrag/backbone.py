@@ -329,6 +329,13 @@ def mutual_attention_start_layer(unet) -> int:
 
     SD1.5: 16 - round(9 * 2/3) = 10. SDXL base: 70 layers, 36 in the decoder
     (up_blocks[0]: 3 x 10, up_blocks[1]: 3 x 2) -> 70 - 24 = 46.
+
+    Other readings of "the same layers" give other SDXL values, all equal to 10
+    on SD1.5: the same share of whole attention blocks (the last 4 of the
+    decoder's 6 Transformer2D blocks) 44; the decoder's last two attention
+    blocks (what the shapes-64 preset chose: 3 there, where this rule gives 4)
+    34; the layers at half the latent resolution or finer 64. None has been
+    compared on real SDXL weights.
     """
     from .attention import self_attention_layer_names
 
