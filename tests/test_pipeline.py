@@ -86,6 +86,19 @@ def test_order_of_events_in_a_drag_timestep_follows_the_authors(tiny_pipe):
     assert res.stats.drag_steps_per_timestep == [4, 4]
 
 
+def test_drag_loss_threshold_closes_a_round_after_the_step(tiny_pipe):
+    # the authors' semantics: after a step whose drag loss is <= threshold x (2 r1)^2 the round
+    # closes with a tracking, so a threshold above any loss makes every round one step long
+    cfg = tiny_config(drag_end_step=1, track_per_step=2, max_drag_per_track=3, stop_distance=0.0,
+                      max_track_no_change=0, drag_loss_threshold=1e9)
+    events, res = trace(tiny_pipe, cfg)
+    assert events[:7] == ["F", "T:start", "S", "T:round", "F", "S", "T:round"]
+    assert res.stats.drag_steps_per_timestep == [2]
+    # a threshold below any loss changes nothing: 2 rounds x 3 steps
+    _, res = trace(tiny_pipe, replace(cfg, drag_loss_threshold=1e-9))
+    assert res.stats.drag_steps_per_timestep == [6]
+
+
 def test_fresh_feature_tracking_option_tracks_on_the_next_forward(tiny_pipe):
     cfg = tiny_config(drag_end_step=2, track_per_step=2, max_drag_per_track=2, stop_distance=0.0,
                       max_track_no_change=0, track_on_fresh_features=True)

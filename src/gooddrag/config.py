@@ -1,6 +1,6 @@
 """Method configurations: one frozen dataclass, named presets in a registry.
 
-Every default names its source. "official" means the GoodDrag authors' public
+Every default names its source. "official" means a value read in the GoodDrag authors' public
 implementation (ICLR 2025, arXiv 2404.07206) or, for the DragDiffusion
 baseline, DragDiffusion's (Shi et al., CVPR 2024); see docs/algorithm.md.
 
@@ -41,7 +41,8 @@ class DragConfig:
     lora_lr: float = 5e-4
     """AdamW learning rate, constant schedule (official 5e-4)."""
     lora_batch_size: int = 4
-    """Copies of the image per LoRA step, each with its own noise and timestep (official GoodDrag 4)."""
+    """Copies of the image per LoRA step, each with its own noise and timestep (official 4: GoodDrag's
+    bench_gooddrag.py; DragDiffusion's drag_ui.py and drag_bench_evaluation/run_lora_training.py)."""
     lora_weight_decay: float = 1e-2
     """AdamW weight decay (official 1e-2)."""
 
@@ -174,7 +175,7 @@ PRESETS: dict[str, DragConfig] = {
     "dragdiffusion": DragConfig(
         method="dragdiffusion",
         lora_steps=80,
-        lora_batch_size=1,
+        lora_batch_size=4,
         inversion_strength=0.7,
         drag_end_step=1,
         track_per_step=80,
