@@ -406,8 +406,13 @@ def test_vae_upcast_only_where_fp16_overflows(tiny_sdxl_dir):
 
 # ============================================================================= after the pipeline integration
 # These need DragPipeline to run SDXL (pipeline.py / config.py, the lead's files). Remove the
-# skip marks when integrating; see docs/sdxl.md, "Integration".
-needs_integration = pytest.mark.skip(reason="needs pipeline integration (lead)")
+# skip marks when integrating; see docs/sdxl.md, "Integration". Until then they are also marked
+# may_skip_in_ci (tests/conftest.py), so CI=true does not count the pending skip as a failure.
+
+
+def needs_integration(test):
+    test = pytest.mark.skip(reason="needs pipeline integration (lead)")(test)
+    return pytest.mark.may_skip_in_ci(test)
 
 SD_REFERENCE = "tests/data/sd-tiny-reference.npz"
 """Output of an SD edit on the tiny model from the engine *before* the SDXL integration:
