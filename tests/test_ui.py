@@ -54,7 +54,7 @@ def test_add_arguments_does_not_import_gradio():
     code = (
         "import argparse, sys; from gooddrag import ui; "
         "a = ui.add_arguments(argparse.ArgumentParser()).parse_args(['--port', '7999']); "
-        "assert (a.host, a.port, a.share, a.model) == ('127.0.0.1', 7999, False, 'shapes-64'), a; "
+        "assert (a.host, a.port, a.share, a.model, a.allow_any_model) == ('127.0.0.1', 7999, False, None, False), a; "
         "assert a.results_dir == 'gooddrag-ui-results'; "
         "assert 'gradio' not in sys.modules, 'gradio imported'"
     )
@@ -88,7 +88,7 @@ def test_engine_cancel_stops_cleanly_and_the_next_run_works(tmp_path):
 
 
 def test_engine_model_errors_are_one_line(tmp_path):
-    engine = ui.Engine(tmp_path / "results", "cpu")
+    engine = ui.Engine(tmp_path / "results", "cpu", allow_any_model=True)
     with pytest.raises(GoodDragError) as err:
         engine.pipeline(str(tmp_path / "no-such-model"))
     assert "\n" not in str(err.value) and "no-such-model" in str(err.value)
@@ -101,13 +101,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+MAX_PIXELS = 256 * 256
+MAX_UPLOAD_MB = 0.5
+"""The served app's upload limits (small: the shapes pictures are 64x64)."""
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """The app on a free loopback port, shipped model, CPU; (url, results folder)."""
+    """The app on a free loopback port, shipped model, CPU; (url, results folder).
+    It also serves a model by name whose files are on this machine ("secret")."""
     pytest.importorskip("gradio")
     base = tmp_path_factory.mktemp("ui")
     demo = ui.build_app(default_model=ui.SHAPES_MODEL, results_dir=base / "results", device="cpu",
-                        lora_cache_dir=base / "lora", setting_defaults=FAST)
+                        lora_cache_dir=base / "lora", setting_defaults=FAST, max_pixels=MAX_PIXELS,
+                        max_upload_mb=MAX_UPLOAD_MB, models={"secret": str(base / "secret-model-folder")})
     _, url, _ = ui.launch_app(demo, "127.0.0.1", _free_port(), prevent_thread_lock=True, quiet=True)
     yield url, base / "results"
     demo.close()
@@ -155,9 +162,75 @@ def test_gradio_client_api_end_to_end(served, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(Exception, match="is not an image this app reads"):
         client.predict(handle_file(tmp_path / "notes.txt"), None, points, api_name="/drag")
-    with pytest.raises(Exception, match="nothing'?: no such file or folder"):
-        client.predict(handle_file(tmp_path / "input.png"), None, points, "", "", "", str(tmp_path / "nothing"),
-                       api_name="/drag")
+    assert record["model"]["model"] == "shapes-64" and "resolved" not in record["model"]  # the name, not a path
+
+
+def test_api_serves_models_by_name_and_echoes_no_server_file(served, tmp_path):
+    """A path typed as the model, an uploaded checkpoint named as the model, a served name
+    whose files are missing: each refused with one line that says nothing about the
+    server's files."""
+    from gradio_client import Client, handle_file
+
+    url, _ = served
+    case, points = _shapes_case_files(tmp_path)
+    client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+    image = handle_file(tmp_path / "input.png")
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"not really a checkpoint")
+    import httpx
+
+    with ckpt.open("rb") as f:  # gradio's upload endpoint: the file lands on the server, at a path it returns
+        (uploaded,) = httpx.post(f"{url}gradio_api/upload", files={"files": ("model.ckpt", f)}).json()
+    assert Path(uploaded).is_file()
+    for model in ("/etc", "/etc/passwd", str(tmp_path), "../", "~", str(uploaded)):
+        with pytest.raises(Exception) as err:
+            client.predict(image, None, points, "", "", json.dumps(FAST), model, api_name="/drag")
+        text = str(err.value)
+        assert "unknown model; choose one of: shapes-64, stable-diffusion-v1-5/stable-diffusion-v1-5, secret" in text
+        assert "etc" not in text and "model_index" not in text and str(tmp_path) not in text
+    with pytest.raises(Exception) as err:
+        client.predict(image, None, points, "", "", json.dumps(FAST), "secret", api_name="/drag")
+    text = str(err.value)
+    assert "cannot load model secret on the server" in text and "secret-model-folder" not in text
+    # an uploaded checkpoint is only ever read as an image
+    with pytest.raises(Exception, match="is not an image this app reads"):
+        client.predict(handle_file(ckpt), None, points, api_name="/drag")
+
+
+def test_api_upload_limits_and_queue_through_the_server(served, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, _ = served
+    case, points = _shapes_case_files(tmp_path)
+    client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+    Image.new("RGB", (300, 300), (9, 9, 9)).save(tmp_path / "wide.png")
+    with pytest.raises(Exception, match=r"300x300 = 90,000 pixels; the limit is 65,536 pixels"):
+        client.predict(handle_file(tmp_path / "wide.png"), None, points, api_name="/drag")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (500, 500, 3), dtype=np.uint8)).save(tmp_path / "heavy.png")
+    assert (tmp_path / "heavy.png").stat().st_size > MAX_UPLOAD_MB * 2**20
+    with pytest.raises(Exception, match="(?i)size|large"):
+        client.predict(handle_file(tmp_path / "heavy.png"), None, points, api_name="/drag")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(Exception, match=r"is empty \(0 bytes\)"):
+        client.predict(handle_file(tmp_path / "empty.png"), None, points, api_name="/drag")
+
+    # two calls at once: the second waits its turn, and its progress says so
+    image = handle_file(tmp_path / "input.png")
+    first = client.submit(image, None, points, "", "", json.dumps(FAST | {"lora_steps": 40}), api_name="/drag")
+    deadline = time.monotonic() + 60
+    while first.status().code.name not in ("PROCESSING", "PROGRESS") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    second = client.submit(image, None, points, "", "", json.dumps(FAST), api_name="/drag")
+    told = set()
+    while not second.done() and time.monotonic() < deadline:
+        for unit in second.status().progress_data or []:
+            told.add(unit.desc or "")
+        time.sleep(0.1)
+    assert any(t.startswith("Queued: 1 run ahead of yours (position 2)") for t in told), told
+    first.result(timeout=120)
+    second.result(timeout=120)
+    assert any(t.startswith("Stage ") for t in told), told  # then its own progress
 
 
 def test_run_serves_the_page_offline(tmp_path):
@@ -196,6 +269,42 @@ def test_run_serves_the_page_offline(tmp_path):
 
 
 # ----------------------------------------------------------------- browser
+WATCH_STATUS = """() => {
+  window.statusLog = [];
+  const seen = () => {
+    const t = document.querySelector('#status-text');
+    const text = t ? t.textContent : '';
+    const preview = !!document.querySelector('#result img');
+    const last = window.statusLog[window.statusLog.length - 1];
+    if (!last || last.text !== text || last.preview !== preview)
+      window.statusLog.push({text, preview, t: Math.round(performance.now())});
+  };
+  new MutationObserver(seen).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+"""Records every text the status line shows (and whether the result pane shows a picture)."""
+
+
+def _check_progress_log(log):
+    """One progress line for the whole run: stages in order, percent and elapsed time never
+    going back, each phase named; the preview shows a picture from the first stage on."""
+    import re
+
+    runs = [e for e in log if e["text"].startswith("Stage ")]
+    assert runs, log
+    parsed = [tuple(map(int, re.match(r"Stage (\d) of 5, .*· (\d+)% · (\d+) s$", e["text"]).groups()))
+              for e in runs]
+    for column in range(3):
+        values = [p[column] for p in parsed]
+        assert values == sorted(values), [e["text"] for e in runs]
+    text = " | ".join(e["text"] for e in runs)
+    trained = "LoRA: trained" in log[-1]["text"]  # else it came from the cache: no LoRA steps to show
+    names = ("LoRA training step",) * trained + ("DDIM inversion step", "drag at timestep 1 of 2", "denoise step")
+    order = [text.find(w) for w in names]
+    assert -1 not in order and order == sorted(order), text
+    assert all(e["preview"] for e in runs)  # the input is shown from the start
+    assert log[-1]["text"].startswith("Done in")
+
+
 def _pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
 
@@ -221,6 +330,7 @@ def test_browser_upload_paint_click_run_download(served, tmp_path):
                     if not r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
             page.goto(url)
             page.locator("#upload").wait_for()
+            assert page.locator("#cancel").is_disabled() and page.locator("#use-result").is_disabled()
             with page.expect_file_chooser() as chooser:
                 page.locator("#upload").click()
             chooser.value.set_files(str(tmp_path / "input.png"))
@@ -247,11 +357,16 @@ def test_browser_upload_paint_click_run_download(served, tmp_path):
             page.get_by_text("next click: its **target**".replace("**", "")).wait_for(timeout=30_000)
             page.mouse.click(ib["x"] + ib["width"] * 0.60, ib["y"] + ib["height"] * 0.5)
             page.get_by_text("1 pair(s)").wait_for(timeout=30_000)
+            page.wait_for_function("() => { const i = document.querySelector('#points-image img');"
+                                   " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
+            points_view = _pixels(page.request.get(img.get_attribute("src")).body())
             page.screenshot(path=str(shots / "ui-ready.png"), full_page=True)
             lap("clicked")
 
+            page.evaluate(WATCH_STATUS)
             page.locator("#run").click()
             page.get_by_text("Done in").wait_for(timeout=120_000)
+            log = page.evaluate("() => window.statusLog")
             page.screenshot(path=str(shots / "ui-finished-edit.png"), full_page=True)
             lap("ran")
 
@@ -267,6 +382,15 @@ def test_browser_upload_paint_click_run_download(served, tmp_path):
                 points = json.loads(zf.read(files["new_points.json"]))
             np.testing.assert_array_equal(used_input, case.image)
             assert 0.03 < mask.mean() < 0.6 and mask[30:34, 24:40].all()  # the band painted above
+            _check_progress_log(log)
+            # the mask is drawn as outline + hatching: every other pixel keeps the picture's colour
+            from gooddrag.ui.state import mask_marks, to_display
+
+            big = np.repeat(np.repeat(mask, 8, 0), 8, 1)
+            keep = big & ~mask_marks(big)
+            keep[216:296, 176:344] = False  # around the handle, the target and the arrow
+            shown_input = np.asarray(to_display(Image.fromarray(case.image), 8)).astype(int)
+            assert keep.sum() > 1000 and (points_view[keep] == shown_input[keep]).all()
             (hx, hy), (tx, ty) = points["handle_points"][0], points["target_points"][0]
             assert abs(hy - 31.5) <= 1.5 and abs(ty - 31.5) <= 1.5 and 8 <= tx - hx <= 18  # clicked 0.4 -> 0.6
 
@@ -281,9 +405,12 @@ def test_browser_upload_paint_click_run_download(served, tmp_path):
                 "s => document.querySelector('#result img')?.getAttribute('src') !== s", arg=src, timeout=30_000)
             page.screenshot(path=str(shots / "ui-final-points.png"), full_page=True)
 
+            assert page.locator("#cancel").is_disabled() and not page.locator("#use-result").is_disabled()
+            page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
             page.locator("#use-result").click()  # the result becomes the next input
             page.get_by_text("The result is the new input").wait_for(timeout=30_000)
             page.get_by_text("No points yet").wait_for(timeout=30_000)
+            page.wait_for_function("() => window.scrollY === 0", timeout=10_000)  # back to the top
             lap("checked")
         finally:
             browser.close()
@@ -306,6 +433,24 @@ def test_browser_example_points_undo_clear_and_cancel(served, tmp_path):
             page.get_by_text("Example shapes single #0").wait_for(timeout=30_000)
             page.get_by_text("1 pair(s): 34,23>46,23").wait_for(timeout=30_000)
             page.get_by_text("Mask: 576 px").wait_for(timeout=30_000)  # its mask is in the editor
+            # the editor's own "Clear canvas" (it removed the picture) is gone; Clear mask keeps the picture
+            assert not page.locator('#mask-editor button[aria-label="Clear canvas"]').is_visible()
+            canvas = page.locator("#mask-editor canvas").first
+            before_clear = _pixels(canvas.screenshot())
+            page.locator("#clear-mask").click()
+            page.get_by_text("Mask: none painted").wait_for(timeout=30_000)
+            page.wait_for_timeout(500)
+            after_clear = _pixels(canvas.screenshot())
+            assert after_clear.std() > 20 and (after_clear > 245).all(axis=-1).mean() < 0.5  # the picture is there
+            assert np.abs(after_clear - before_clear).mean() < 25  # only the mask went
+            from gooddrag.ui.examples import shipped_examples
+            from gooddrag.ui.state import draw_overlay
+
+            ex = shipped_examples(repo_examples=False)[0]
+            page.wait_for_function(
+                "() => { const i = document.querySelector('#points-image img'); return i && i.complete; }")
+            shown = _pixels(page.request.get(page.locator("#points-image img").get_attribute("src")).body())
+            np.testing.assert_array_equal(shown, np.asarray(draw_overlay(ex.image, ex.points, 8)))  # no mask drawn
 
             page.locator("#undo").click()
             page.get_by_text("handle 1 at (34, 23); next click: its target").wait_for(timeout=30_000)
@@ -333,18 +478,32 @@ def test_browser_example_points_undo_clear_and_cancel(served, tmp_path):
             page.locator("#setting-lora_steps input").fill("2000")  # long enough to cancel
             page.locator("#setting-lora_steps input").press("Tab")
             page.locator("#run").click()
-            page.get_by_text("Training the LoRA").first.wait_for(timeout=60_000)
+            page.get_by_text("LoRA training step").first.wait_for(timeout=60_000)
+
+            # a second user meanwhile: queued, told its place and the wait, and can leave the queue
+            other = browser.new_context(viewport={"width": 1500, "height": 2000}).new_page()
+            other.goto(url)
+            other.locator("#examples button.thumbnail-item").first.click()
+            other.get_by_text("1 pair(s): 34,23>46,23").wait_for(timeout=30_000)
+            other.locator("#run").click()
+            other.get_by_text("Queued: 1 run ahead of yours (position 2)").wait_for(timeout=30_000)
+            other.screenshot(path=str(tmp_path / "ui-queued.png"), full_page=True)
+            other.locator("#cancel").click()
+            other.get_by_text("Cancelled.").wait_for(timeout=30_000)
+
             page.locator("#cancel").click()
             page.get_by_text("Run cancelled.").wait_for(timeout=60_000)
             page.screenshot(path=str(tmp_path / "ui-cancelled.png"), full_page=True)
 
-            # a model that cannot load: one clear line, and the preset follows the model
-            page.locator("#model input").fill(str(tmp_path / "no-model"))
-            page.locator("#model input").press("Enter")
+            # the model list holds names only; the preset follows the model; a failed load names no file
+            page.locator("#model input").click()
+            page.get_by_role("option", name="stable-diffusion-v1-5/stable-diffusion-v1-5").click()
+            page.wait_for_function("() => document.querySelector('#preset input').value === 'GoodDrag'")
             page.locator("#run").click()
-            page.get_by_text("no-model': no such file or folder").first.wait_for(timeout=60_000)
-            assert "Traceback" not in page.locator("#status").inner_text()
-            assert page.locator("#preset input").input_value() == "GoodDrag"
+            page.get_by_text("cannot load model stable-diffusion-v1-5/stable-diffusion-v1-5 on the server").first \
+                .wait_for(timeout=60_000)
+            status = page.locator("#status").inner_text()
+            assert "Traceback" not in status and str(tmp_path.parent) not in status and "/tmp" not in status
         finally:
             browser.close()
     assert set(results.iterdir()) == before  # a cancelled run writes nothing

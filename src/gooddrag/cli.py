@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .config import METHODS
 from .errors import GoodDragError
+from .models import size_warning
 from .options import add_input_options, add_method_options, add_model_options, config_from_args, load_pipeline
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +123,9 @@ def cmd_edit(args) -> int:
     sample = _load_inputs(args)
     out = Path(args.out) if args.out else Path("results") / f"{sample.name}-{config.method}"
     prepare_out_dir(out, args.overwrite)  # fail before the expensive part
+    misfit = size_warning(args.model, sample.image.width, sample.image.height)
+    if misfit:
+        print(f"warning: {misfit}", file=sys.stderr)
     pipe = load_pipeline(args)
     generator = torch.Generator().manual_seed(args.seed)
     result = pipe(
@@ -186,7 +190,8 @@ def cmd_demo(args) -> int:
     from PIL import Image
 
     from .outputs import prepare_out_dir, run_record, write_result_folder
-    from .shapes.bench import edit_case, load_shapes_pipeline, shipped_model_dir
+    from .models import SHAPES_MODEL
+    from .shapes.bench import edit_case, load_shapes_pipeline
     from .shapes.metrics import case_metrics, success_threshold
     from .shapes.scenes import make_case
 
@@ -199,7 +204,7 @@ def cmd_demo(args) -> int:
     record = run_record(
         result=result, config=result.config, seed=args.seed,
         inputs={"layout": "shapes", "case_seed": args.seed, "kind": case.kind, "size": case.size},
-        model={"model": str(shipped_model_dir()), "kind": "folder", "device": str(pipe.device), "dtype": "fp32"},
+        model={"model": SHAPES_MODEL, "kind": pipe.source.kind if pipe.source else None, "device": str(pipe.device), "dtype": "fp32"},
         argv=["gooddrag", *args.argv],
     ) | {"ground_truth_scores": scores}
     write_result_folder(out, input_image=Image.fromarray(case.image), result=result, mask=case.mask,

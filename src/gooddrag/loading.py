@@ -163,8 +163,11 @@ def load_components(
     component configs; without it diffusers infers them from the checkpoint's
     keys and fetches them from the hub (or its local cache).
     vae: optional separate VAE (hub id, folder or single file).
+    A built-in name (:mod:`gooddrag.models`, e.g. ``shapes-64``) is resolved first.
     """
-    source = classify_source(model)
+    from .models import resolve
+
+    source = classify_source(resolve(model))
     kwargs = dict(torch_dtype=dtype)  # + the backbone's own (gooddrag.backbone.pipeline_kwargs)
     try:
         with warnings.catch_warnings():

@@ -87,15 +87,20 @@ def size_warning(model: str | None, width: int, height: int) -> str | None:
     if known is None:
         return None
     side = max(width, height)
-    if known.native_size and (side > 2 * known.native_size or side * 2 < known.native_size):
+    if side * 2 < known.native_size:
+        return (f"this {width}x{height} picture is much smaller than the {known.native_size} px model "
+                f"{known.name} works at: it is upscaled, expect a blurry result")
+    if side > 2 * known.native_size:
         return (f"model {known.name} was trained on {known.domain} ({known.native_size} px); "
                 f"this {width}x{height} picture is far from that, expect a poor result")
     return None
 
 
 def parse_model_spec(spec: str) -> tuple[str, str]:
-    """``NAME=PATH_OR_ID`` (the UI's ``--model``) -> (name, location); a bare built-in
-    name or hub id names itself."""
+    """``NAME=PATH_OR_ID`` (``gooddrag ui --model``) -> (name, location). A bare built-in
+    name or hub id names itself; a bare path is refused (clients would see it)."""
+    import os
+
     text = (spec or "").strip()
     if "=" in text:
         name, _, location = text.partition("=")
@@ -105,4 +110,7 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
         return name, location
     if not text:
         raise GoodDragError("--model needs a value: NAME=PATH_OR_ID or a built-in name")
+    if text.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(text)) or text.count("/") > 1:
+        raise GoodDragError(f"--model {text!r} is a path: give it a name, --model NAME={text} "
+                            "(clients see the name only)")
     return text, text

@@ -12,6 +12,7 @@ import argparse
 
 from .config import METHODS, PRESETS, DragConfig, get_preset
 from .errors import GoodDragError
+from .models import preset_for
 
 # (flag, DragConfig field, type, one-line help). Defaults are the chosen
 # method's preset; --help prints both presets' values.
@@ -44,7 +45,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL,
-                   help="hub id, local diffusers folder, or single-file .safetensors/.ckpt (default: %(default)s)")
+                   help="hub id, local diffusers folder, single-file .safetensors/.ckpt, or shapes-64 (the "
+                        "shipped offline model) (default: %(default)s)")
     g.add_argument("--model-config", default=None,
                    help="for a single-file --model: diffusers folder or hub id with its configs (default: inferred)")
     g.add_argument("--vae", default=None,
@@ -76,7 +78,8 @@ def add_method_options(p: argparse.ArgumentParser, lora_file: bool = True) -> No
                    help="gooddrag (AIDD + information-preserving loss) or the dragdiffusion baseline "
                         "(default: the preset's, else gooddrag)")
     g.add_argument("--preset", default=None, choices=list(PRESETS),
-                   help="named settings; shapes-* are for the shipped shapes-64 model (default: the method's name)")
+                   help="named settings; shapes-* are for the shipped shapes-64 model (default: the method's name, "
+                        "shapes-<method> with --model shapes-64)")
     for flag, name, typ, text in METHOD_SETTINGS:
         values = ", ".join(f"{m} {getattr(PRESETS[m], name)}" for m in METHODS)
         g.add_argument(flag, dest=name, type=typ, default=None, help=f"{text} (default: {values})")
@@ -92,7 +95,8 @@ def add_method_options(p: argparse.ArgumentParser, lora_file: bool = True) -> No
 def config_from_args(args) -> DragConfig:
     overrides = {name: getattr(args, name) for _, name, _, _ in METHOD_SETTINGS if getattr(args, name) is not None}
     overrides["seed"] = args.seed
-    preset = args.preset or args.method or "gooddrag"
+    # No --preset: the method's preset that fits the model (shapes-* for the shipped shapes-64).
+    preset = args.preset or preset_for(getattr(args, "model", None), args.method or "gooddrag")
     if args.method and PRESETS[preset].method != args.method:
         raise GoodDragError(f"--preset {preset} is a {PRESETS[preset].method} preset but --method is {args.method}")
     return get_preset(preset, **overrides)

@@ -29,8 +29,10 @@ import numpy as np
 from PIL import Image
 
 from ..errors import GoodDragError
-from ..models import SHAPES_MODEL
+from ..models import BUILTIN, SHAPES_MODEL
+from .progress import RunProgress
 from .state import check_run, make_config, points_to_text
+from .waiting import RunQueue
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +43,12 @@ class RunCancelled(Exception):
     """Raised from the step callback when the user pressed Cancel."""
 
 
-def resolve_model(model: str | None) -> str:
-    """The model box's text -> what ``DragPipeline.from_pretrained`` takes."""
-    model = (model or "").strip()
-    if not model:
-        raise GoodDragError(f"no model: choose {SHAPES_MODEL}, a hub id or a local path")
-    if model == SHAPES_MODEL:
-        from ..models import shipped_model_dir
-
-        return str(shipped_model_dir())
-    return model
+def served_models(models: dict[str, str] | None = None) -> dict[str, str]:
+    """The names the app serves -> what the loader reads: the built-in names first
+    (shapes-64, the default hub id), then ``models`` (``gooddrag ui --model NAME=PATH_OR_ID``)."""
+    out = {name: name for name in BUILTIN}
+    out.update(models or {})
+    return out
 
 
 def result_name(now: datetime | None = None) -> str:
@@ -69,7 +67,6 @@ def zip_folder(folder: Path, dest: Path) -> Path:
     return dest
 
 
-
 # --------------------------------------------------------------------- engine
 @dataclass
 class EditOutput:
@@ -83,17 +80,26 @@ class EditOutput:
 class _Loaded:
     pipe: Any
     model: str
-    resolved: str
     dtype: str
     vae: str | None
 
 
 class Engine:
     """Runs edits for the app: loads and caches pipelines by (model, device, dtype, vae),
-    runs one edit at a time on its device, writes result folders, and cancels runs."""
+    runs one edit at a time on its device (first come, first served: :attr:`queue`),
+    writes result folders, and cancels runs.
+
+    models: served name -> hub id or server path (:func:`served_models`); clients
+    choose among the names only, unless ``allow_any_model`` (a single local user), when
+    any hub id or path is taken. Without it, no message names a server path.
+    """
 
     def __init__(self, results_dir: str | Path = DEFAULT_RESULTS_DIR, device: str = "auto", *,
-                 lora_cache_dir: str | Path | None = None, max_cached: int = 2):
+                 lora_cache_dir: str | Path | None = None, max_cached: int = 2,
+                 models: dict[str, str] | None = None, allow_any_model: bool = False):
+        self.models = served_models(models)
+        self.allow_any_model = allow_any_model
+        self.queue = RunQueue()
         self.results_dir = Path(results_dir).resolve()
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.device = device
@@ -110,14 +116,27 @@ class Engine:
         atexit.register(shutil.rmtree, self.display_dir, True)
 
     # -- pipelines
+    def location(self, model: str | None) -> str:
+        """A client's model choice -> what the loader reads; a name the app does not serve
+        is refused (any hub id or path with ``allow_any_model``)."""
+        name = (model or "").strip()
+        if name in self.models:
+            return self.models[name]
+        if self.allow_any_model and name:
+            return name
+        raise GoodDragError(f"unknown model; choose one of: {', '.join(self.models)}")
+
     def pipeline(self, model: str, dtype: str = "fp32", vae: str | None = None) -> _Loaded:
         """The cached pipeline for (model, device, dtype, vae), loaded on first use.
-        Loading errors become one-line GoodDragErrors."""
+        Loading errors become one-line GoodDragErrors (naming no server path unless
+        ``allow_any_model``; the details go to the server log)."""
         from ..pipeline import DragPipeline
 
-        resolved = resolve_model(model)
+        location = self.location(model)
         vae = (vae or "").strip() or None
-        key = (resolved, self.device, dtype, vae)
+        if vae and not self.allow_any_model:
+            raise GoodDragError("a separate VAE can only be chosen when the server allows any model")
+        key = (location, self.device, dtype, vae)
         with self._load_lock:
             if key in self._pipes:
                 self._pipes.move_to_end(key)
@@ -126,15 +145,21 @@ class Engine:
                 self._pipes.popitem(last=False)
                 _free_device_memory()
             try:
-                pipe = DragPipeline.from_pretrained(resolved, vae=vae, device=self.device, dtype=dtype)
-            except GoodDragError:
-                raise
+                pipe = DragPipeline.from_pretrained(location, vae=vae, device=self.device, dtype=dtype)
             except Exception as err:  # noqa: BLE001 - any loading failure is shown as one line
-                first = (str(err).strip().splitlines() or [""])[0][:300]
-                raise GoodDragError(f"cannot load model {model!r}: {type(err).__name__}: {first}") from None
-            loaded = _Loaded(pipe, model.strip(), resolved, dtype, vae)
+                raise self._load_error(model, err) from None
+            loaded = _Loaded(pipe, model.strip(), dtype, vae)
             self._pipes[key] = loaded
             return loaded
+
+    def _load_error(self, model: str, err: Exception) -> GoodDragError:
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        if self.allow_any_model:
+            if isinstance(err, GoodDragError):
+                return err
+            return GoodDragError(f"cannot load model {model!r}: {type(err).__name__}: {first}")
+        logger.warning("cannot load model %r: %s: %s", model, type(err).__name__, first)
+        return GoodDragError(f"cannot load model {model.strip()} on the server (the details are in its log)")
 
     # -- each browser session's points. Kept here, not in a gr.State: a State is sent
     # with the event, so a second click before the first one's answer would start
@@ -190,36 +215,64 @@ class Engine:
         vae: str | None = None,
         source: str = "upload",
         callback: Callable | None = None,
-        on_status: Callable[[str], None] | None = None,
+        on_wait: Callable[[int, float | None], None] | None = None,
+        on_progress: Callable[[RunProgress], None] | None = None,
         on_loaded: Callable[[Any], None] | None = None,
     ) -> EditOutput:
-        """Check the inputs, run the drag (LoRA cached or trained by the pipeline), write
-        the result folder (the files ``gooddrag edit`` writes, with the trajectory) and its zip."""
+        """Check the inputs, wait for its turn in :attr:`queue` (``on_wait(ahead, estimate)``
+        meanwhile; it may raise to give up), run the drag (LoRA cached or trained by the
+        pipeline) and write the result folder (the files ``gooddrag edit`` writes, with the
+        trajectory) and its zip. ``callback`` gets each pipeline step event;
+        ``on_progress`` the run's :class:`RunProgress` after each event and stage."""
+        config = make_config(preset, settings)
+        handles, targets = check_run(image, points, mask)
+        self.location(model)  # an unknown name is refused before queueing
+        progress = RunProgress(config)
+        report = on_progress or (lambda p: None)
+        ticket = self.queue.join()
+        seconds = None
+        try:
+            self.queue.wait(ticket, on_wait)
+            with self.run_lock:
+                progress.started = time.monotonic()
+                self.queue.current = progress
+                progress.loading()
+                report(progress)
+                loaded = self.pipeline(model, dtype, vae)
+                if on_loaded:
+                    on_loaded(loaded.pipe)
+                result = self._run(loaded.pipe, image, handles, targets, mask, prompt, config, callback,
+                                   progress, report)
+                progress.saving()
+                report(progress)
+                out = self._write(loaded, image, points, mask, prompt, preset, config, result, source)
+                seconds = progress.elapsed()
+        finally:
+            self.queue.leave(ticket, seconds)
+        logger.info("edit %s done in %.1f s", out.folder.name, seconds)
+        return out
+
+    def _run(self, pipe, image, handles, targets, mask, prompt, config, callback, progress, report):
         import torch
 
+        def on_step(ev):
+            progress.update(ev)
+            report(progress)
+            if callback is not None:
+                callback(ev)
+
+        return pipe(
+            image, handles, targets, mask=mask, prompt=prompt or "", config=config,
+            generator=torch.Generator().manual_seed(config.seed), lora_cache_dir=self.lora_cache_dir,
+            return_trajectory=True, callback=on_step, progress=False,
+        )
+
+    def _write(self, loaded: _Loaded, image, points, mask, prompt, preset, config, result, source) -> EditOutput:
+        """The result folder (run.json records the model's name, not where it lives) and its zip."""
         from ..outputs import run_record, write_result_folder
         from ..pipeline import image_sha256
 
-        config = make_config(preset, settings)
-        handles, targets = check_run(image, points, mask)
-        if on_status and self.run_lock.locked():
-            on_status("Waiting for the previous run to stop...")
-        with self.run_lock:
-            if on_status:
-                on_status(f"Loading model {model.strip()}...")
-            loaded = self.pipeline(model, dtype, vae)
-            pipe = loaded.pipe
-            if on_loaded:
-                on_loaded(pipe)
-            if on_status:
-                on_status("Running...")
-            t0 = time.perf_counter()
-            result = pipe(
-                image, handles, targets, mask=mask, prompt=prompt or "", config=config,
-                generator=torch.Generator().manual_seed(config.seed), lora_cache_dir=self.lora_cache_dir,
-                return_trajectory=True, callback=callback, progress=False,
-            )
-            seconds = time.perf_counter() - t0
+        pipe = loaded.pipe
         name = result_name()
         folder = self.results_dir / name
         record = run_record(
@@ -231,8 +284,7 @@ class Engine:
                 "mask_pixels": None if mask is None else int(mask.sum()),
             },
             model={
-                "model": loaded.model, "resolved": loaded.resolved,
-                "kind": pipe.source.kind if pipe.source else None, "vae": loaded.vae,
+                "model": loaded.model, "kind": pipe.source.kind if pipe.source else None, "vae": loaded.vae,
                 "device": str(pipe.device), "dtype": loaded.dtype,
                 "prediction_type": pipe.scheduler.config.prediction_type,
             },
@@ -240,7 +292,6 @@ class Engine:
         )
         write_result_folder(folder, input_image=image, result=result, mask=mask, run_record=record, overwrite=False)
         zip_path = zip_folder(folder, self.results_dir / f"{name}.zip")
-        logger.info("edit %s done in %.1f s", name, seconds)
         return EditOutput(result, folder, zip_path, config)
 
     def served_copy(self, path: Path, name: str | None = None) -> str:

@@ -9,6 +9,7 @@ is :class:`gooddrag.ui.runs.PageRun`.
 # No ``from __future__ import annotations``: gradio reads the handlers' annotations
 # (gr.SelectData, gr.Request) at run time.
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ from PIL import Image
 
 from ..config import PRESETS
 from ..errors import GoodDragError
+from ..models import size_warning
 from ..options import METHOD_SETTINGS
 from .engine import Engine
 from .examples import Example
+from .progress import status_html, wait_text
 from .state import (
     MAIN_SETTINGS,
     add_point,
@@ -45,12 +48,6 @@ from .state import (
 
 logger = logging.getLogger(__name__)
 
-PHASE_TEXT = {
-    "lora": "Training the LoRA on the image",
-    "inversion": "DDIM inversion",
-    "drag": "Dragging (tracking rounds)",
-    "denoise": "Denoising",
-}
 
 
 def settings_spec():
@@ -66,12 +63,26 @@ def session_of(request) -> str:
     return getattr(request, "session_hash", None) or "local"
 
 
-def message(err: BaseException) -> str:
-    """An exception as the one line a user sees."""
+_SERVER_PATH = re.compile(r"(?<![\w.~/-])(?:~|[A-Za-z]:)?[/\\](?:[^\s'\"/\\,;)]+[/\\]?)*")
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with every absolute path (``/...``, ``~/...``, ``C:\\...``) replaced by
+    ``<server path>``: what a client is told names no file of the server. Hub ids
+    (``owner/name``) and point lists (``1,2>3,4``) are kept."""
+    return _SERVER_PATH.sub("<server path>", text)
+
+
+def message(err: BaseException, paths_allowed: bool = False) -> str:
+    """An exception as the one line a user sees. Unless ``paths_allowed`` (the server's
+    --allow-any-model, a single local user), it names no server path, and an unexpected
+    error says only its kind (the details go to the server log)."""
     if isinstance(err, GoodDragError):
-        return str(err)
+        return str(err) if paths_allowed else redact_paths(str(err))
     if type(err).__name__ == "OutOfMemoryError":
         return "out of GPU memory; try dtype fp16, a smaller resolution or LoRA batch size 1"
+    if not paths_allowed:
+        return f"internal error ({type(err).__name__}); the details are in the server log"
     first = (str(err).strip().splitlines() or [""])[0][:300]
     return f"{type(err).__name__}: {first}"
 
@@ -101,29 +112,46 @@ class Handlers:
         return self.fixed.get(name, getattr(PRESETS[preset], name))
 
     # -- a new input picture
-    def new_input(self, session: str, image: Image.Image, mask: np.ndarray | None, points, note: str):
+    def new_input(self, session: str, image: Image.Image, mask: np.ndarray | None, points, note: str,
+                  model: str | None = None):
         """Outputs for a new input image: state, editor, points view and texts."""
         s = display_scale(image.width, image.height)
         points = self.engine.update_points(session, lambda _: points)
-        layer = mask_layer(mask, s)
-        editor = {"background": to_display(image, s), "layers": [layer] if layer is not None else [],
-                  "composite": None}
-        return (image, editor, draw_overlay(image, points, s, mask), describe_points(points),
-                f"{note} ({image.width}x{image.height} px).", describe_mask(mask))
+        text = f"{note} ({image.width}x{image.height} px)."
+        misfit = self.misfit(model, image)
+        if misfit:
+            gr.Warning(misfit)
+            text += f" Warning: {misfit}."
+        return (image, self.editor_value(image, mask), draw_overlay(image, points, s, mask),
+                describe_points(points), status_html(text), describe_mask(mask))
 
-    def on_upload(self, path, request: gr.Request = None):
+    def editor_value(self, image: Image.Image, mask: np.ndarray | None) -> dict:
+        """The mask editor's value: the picture as its fixed background, the mask as its layer."""
+        s = display_scale(image.width, image.height)
+        layer = mask_layer(mask, s)
+        return {"background": to_display(image, s), "layers": [layer] if layer is not None else [],
+                "composite": None}
+
+    def misfit(self, model: str | None, image: Image.Image | None) -> str | None:
+        """A warning when the picture does not fit the model's native size and subject."""
+        if image is None:
+            return None
+        return size_warning(model or self.default_model, image.width, image.height)
+
+    def on_upload(self, path, model=None, request: gr.Request = None):
         if path is None:
             return (gr.skip(),) * 6
         try:
             image = load_upload(path, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
         except GoodDragError as err:
             gr.Warning(str(err))
-            return (*(gr.skip(),) * 4, f"**Upload refused:** {err}", gr.skip())
-        return self.new_input(session_of(request), image, None, [], f"Loaded {Path(path).name}")
+            return (*(gr.skip(),) * 4, status_html(f"Upload refused: {err}", kind="error"), gr.skip())
+        return self.new_input(session_of(request), image, None, [], f"Loaded {Path(path).name}", model)
 
-    def on_example(self, evt: gr.SelectData, request: gr.Request = None):
+    def on_example(self, model=None, evt: gr.SelectData = None, request: gr.Request = None):
         ex = self.examples[evt.index]
-        return self.new_input(session_of(request), ex.image, ex.mask, ex.points, f"Example {ex.name}") + (ex.prompt,)
+        return self.new_input(session_of(request), ex.image, ex.mask, ex.points, f"Example {ex.name}",
+                              model) + (ex.prompt,)
 
     # -- points
     def points_view(self, image, points, editor):
@@ -165,8 +193,19 @@ class Handlers:
         mask = mask_from_editor(editor, image.size)
         return draw_overlay(image, points, s, mask), describe_mask(mask)
 
-    def on_model_change(self, model, preset):
+    def on_model_change(self, model, preset, image):
+        misfit = self.misfit(model, image)
+        if misfit:
+            gr.Warning(misfit)
         return gr.update(value=preset_for_model(model, preset))
+
+    def on_clear_mask(self, image, request: gr.Request = None):
+        """Clear mask (and the editor's own clear): the picture stays, the mask goes."""
+        if image is None:
+            return gr.skip(), gr.skip(), describe_mask(None)
+        points = self.engine.points(session_of(request))
+        s = display_scale(image.width, image.height)
+        return self.editor_value(image, None), draw_overlay(image, points, s), describe_mask(None)
 
     def on_preset_change(self, preset):
         return [gr.update(value=self.preset_value(preset, name)) for name, *_ in self.spec]
@@ -187,16 +226,19 @@ class Handlers:
         ed = {"background": to_display(image, s), "layers": layers, "composite": None}
         mask = mask_from_layers(layers, image.size)
         return (image, ed, draw_overlay(image, [], s, mask), describe_points([]),
-                "The result is the new input; click new points.", describe_mask(mask))
+                status_html("The result is the new input; click new points."), describe_mask(mask))
 
     def on_unload(self, request: gr.Request = None):
         self.engine.drop_session(session_of(request))
 
     def on_cancel(self, request: gr.Request = None):
         stopped = self.engine.cancel(session_of(request))
+        off = gr.update(interactive=False)
         if stopped is None:
-            return "Cancelled."  # a queued run is dropped by gradio
-        return "Run cancelled." if stopped else "Cancelling: the run stops at its next step..."
+            return status_html("Cancelled."), off  # a run still queued in gradio is dropped by gradio
+        if stopped:
+            return status_html("Run cancelled."), off
+        return status_html("Cancelling: the run stops at its next step..."), off
 
     # -- the API endpoint /drag
     def api_inputs(self, image, mask, points):
@@ -223,23 +265,22 @@ class Handlers:
         points: "x,y>x,y; ..." handle>target pairs in image pixels; prompt: text; preset:
         gooddrag, dragdiffusion, shapes-gooddrag or shapes-dragdiffusion (default: the
         model's); settings: JSON object of setting overrides, e.g. {"lora_steps": 20};
-        model: shapes-64, a hub id or a local path (default: the server's).
-        Returns the edited image (input size) and the result folder as a zip."""
+        model: one of the names the server offers (default: the server's).
+        Returns the edited image (input size) and the result folder as a zip. While the
+        call waits its turn, its progress says its place in the queue."""
         try:
             img, m, pts = self.api_inputs(image, mask, points)
             model = (model or "").strip() or self.default_model
             preset = (preset or "").strip() or default_preset(model)
             if preset not in PRESETS:
                 raise GoodDragError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-
-            def callback(ev):
-                progress((ev.step, ev.total), desc=PHASE_TEXT.get(ev.phase, ev.phase), unit="steps")
-
-            out = self.engine.edit(img, pts, m, prompt=prompt or "", preset=preset,
-                                   settings=parse_settings(settings), model=model, source="api", callback=callback)
-        except GoodDragError as err:
-            raise gr.Error(str(err)) from None
-        except Exception as err:  # noqa: BLE001
-            logger.exception("API edit failed")
-            raise gr.Error(message(err)) from None
+            out = self.engine.edit(
+                img, pts, m, prompt=prompt or "", preset=preset, settings=parse_settings(settings), model=model,
+                source="api", on_wait=lambda ahead, eta: progress(0, desc=wait_text(ahead, eta)),
+                on_progress=lambda p: progress(p.fraction, desc=p.text()),
+            )
+        except Exception as err:  # noqa: BLE001 - every failure is one line for the client
+            if not isinstance(err, GoodDragError):
+                logger.exception("API edit failed")
+            raise gr.Error(message(err, paths_allowed=self.engine.allow_any_model)) from None
         return out.result.image, self.engine.served_copy(out.zip_path)

@@ -1,16 +1,20 @@
 """An edit started from the page: a worker thread runs it, the page's generator reports it.
 
-:meth:`PageRuns.run` is the Run button's handler. It checks the inputs, starts
-:meth:`gooddrag.ui.engine.Engine.edit` in a thread whose step callback puts
-events (status, progress, preview frames, the end) on a queue, and turns each
-event into the page's outputs as it arrives. Cancel sets the run's flag; the
-callback raises :class:`~gooddrag.ui.engine.RunCancelled` at the next step.
+:meth:`PageRuns.run` is the Run button's handler. It checks the inputs and starts
+:meth:`gooddrag.ui.engine.Engine.edit` in a thread; the worker's hooks put
+events on a queue (its place in the run queue while it waits, the run's progress,
+predicted clean latents for the preview, the end) and the generator turns them
+into the page's outputs: a status line with one progress bar for the whole run,
+the preview (the input from the start, then each decoded prediction), and at the
+end the result views. Cancel sets the run's flag; the worker stops at its next
+step (or leaves the queue).
 """
 
 # No ``from __future__ import annotations``: gradio reads the handler's annotations.
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 import gradio as gr
@@ -19,20 +23,24 @@ from PIL import Image
 
 from ..errors import GoodDragError
 from .engine import EditOutput, Engine, RunCancelled
-from .handlers import PHASE_TEXT, message, session_of
+from .handlers import message, session_of
+from .progress import status_html, wait_text
 from .state import display_scale, draw_overlay, interleave_points, make_config, mask_from_editor, run_problem, \
     to_display
 
 logger = logging.getLogger(__name__)
 
-PREVIEW_EVERY = 5
-"""Live preview: every denoising step during the drag timesteps, then every this many."""
-OUTPUTS = 6
-"""The run's outputs: status, live result, before/after, GIF, zip, result state."""
+OUTPUTS = 8
+"""The run's outputs: status, live result, before/after, GIF, zip, result state, use-result, cancel."""
+REPORT_EVERY = 0.25
+"""Seconds between two status updates sent to the browser."""
+PREVIEW_SHARE = 0.05
+"""Decoding previews may take at most this share of the run's time (they share the CPU/GPU with it)."""
 
 
-def _status_only(text: str) -> tuple:
-    return (text, *(gr.skip(),) * (OUTPUTS - 1))
+def status_only(html: str, **buttons) -> tuple:
+    skip = gr.skip()
+    return (html, skip, skip, skip, skip, skip, buttons.get("use_result", skip), buttons.get("cancel", skip))
 
 
 class PageRuns:
@@ -42,60 +50,63 @@ class PageRuns:
         self.engine = engine
 
     def run(self, image, editor, model, preset, prompt, vae, dtype, show_final_points,
-            request: gr.Request = None, progress=gr.Progress(), **settings):
-        """Run from the page: yields (status, live result, before/after, GIF, zip, result state)."""
+            request: gr.Request = None, **settings):
+        """Run from the page: yields the outputs named in :data:`OUTPUTS`."""
         points = self.engine.points(session_of(request))
         mask = mask_from_editor(editor, image.size) if image is not None else None
         problem = run_problem(image, points, mask)
-        if problem:
-            gr.Warning(problem)
-            yield _status_only(f"**Cannot run:** {problem}")
-            return
         try:
-            drag_end = make_config(preset, settings).drag_end_step
+            if problem:
+                raise GoodDragError(problem)
+            make_config(preset, settings)
+            self.engine.location(model)
         except GoodDragError as err:
-            gr.Warning(str(err))
-            yield _status_only(f"**Cannot run:** {err}")
+            text = self.engine_message(err)
+            gr.Warning(text)
+            yield status_only(status_html(f"Cannot run: {text}", kind="error"))
             return
         session = session_of(request)
         flags = self.engine.start_run(session)
         events: queue.Queue = queue.Queue()
-        state: dict[str, Any] = {"handles": None, "drag_end": drag_end}
         job = dict(image=image, points=points, mask=mask, prompt=prompt, preset=preset, settings=settings,
                    model=model, dtype=dtype, vae=vae)
-        thread = threading.Thread(target=self._worker, args=(session, flags, job, events, state),
+        thread = threading.Thread(target=self._worker, args=(session, flags, job, events),
                                   name="gooddrag-ui-run", daemon=True)
         thread.start()
-        progress(0, desc="Starting")
+        s = display_scale(image.width, image.height)
+        yield (status_html("Starting...", 0.0), to_display(image, s), gr.skip(), gr.skip(),
+               gr.update(interactive=False), gr.skip(), gr.update(interactive=False), gr.update(interactive=True))
         try:
-            yield from self._report(image, events, thread, state, show_final_points, progress)
+            yield from self._report(image, events, thread, show_final_points)
         finally:
             if thread.is_alive():  # closed early (page closed, cancelled): stop the worker
                 flags[0].set()
 
-    def _callback(self, image, cancel, events, state):
-        def callback(ev):
+    def engine_message(self, err: BaseException) -> str:
+        return message(err, paths_allowed=self.engine.allow_any_model)
+
+    def _worker(self, session, flags, job, events):
+        cancel = flags[0]
+
+        def check(*_):
             if cancel.is_set():
                 raise RunCancelled()
-            if ev.handle_points is not None:
-                state["handles"] = ev.handle_points
-            if ev.phase == "denoise" and ev.latents is not None and (
-                ev.step <= state["drag_end"] or ev.step % PREVIEW_EVERY == 0
-            ):
-                frame = state["pipe"].decode_latents(ev.latents)[0].resize(image.size, Image.LANCZOS)
-                events.put(("preview", frame, ev.step, ev.total))
-            events.put(("progress", ev.phase, ev.step, ev.total))
 
-        return callback
+        def on_step(ev):
+            check()
+            if ev.phase == "denoise" and ev.latents is not None:
+                events.put(("latents", ev.latents.detach().clone(), ev.handle_points))
+            elif ev.handle_points is not None:
+                events.put(("handles", ev.handle_points))
 
-    def _worker(self, session, flags, job, events, state):
         try:
             out = self.engine.edit(
                 job["image"], job["points"], job["mask"], prompt=job["prompt"], preset=job["preset"],
                 settings=job["settings"], model=job["model"], dtype=job["dtype"], vae=job["vae"], source="ui",
-                callback=self._callback(job["image"], flags[0], events, state),
-                on_status=lambda text: events.put(("status", text)),
-                on_loaded=lambda pipe: state.__setitem__("pipe", pipe),
+                callback=on_step,
+                on_wait=lambda ahead, eta: (check(), events.put(("queued", ahead, eta))),
+                on_progress=lambda p: events.put(("progress", p.text(), p.fraction, p.step_kind)),
+                on_loaded=lambda pipe: events.put(("pipe", pipe)),
             )
             events.put(("done", out))
         except BaseException as err:  # noqa: BLE001 - reported on the page
@@ -105,51 +116,107 @@ class PageRuns:
         finally:
             self.engine.end_run(session, flags)
 
-    def _report(self, image, events, thread, state, show_final_points, progress):
-        """The page's outputs for each event of the worker, until it ends."""
-        s = display_scale(image.width, image.height)
+    def _report(self, image, events, thread, show_final_points):
+        """The page's outputs for the worker's events, until it ends (at most one status
+        update per REPORT_EVERY seconds; previews within PREVIEW_SHARE of the time)."""
+        view = _Preview(image)
+        last_sent, pending, last_kind = 0.0, None, None
         while True:
             try:
-                item = events.get(timeout=0.2)
+                item = events.get(timeout=REPORT_EVERY)
             except queue.Empty:
+                item = None
                 if not thread.is_alive() and events.empty():
-                    yield _status_only("**Error:** the run stopped unexpectedly.")
+                    yield status_only(status_html("Error: the run stopped unexpectedly.", kind="error"),
+                                      cancel=gr.update(interactive=False))
                     return
-                continue
-            kind = item[0]
-            if kind == "status":
-                progress(0, desc=item[1])
-                yield _status_only(item[1])
+            kind = item[0] if item else None
+            if kind in ("done", "error"):
+                yield self._ending(image, item, show_final_points)
+                return
+            if kind == "queued":
+                pending = (status_html(wait_text(item[1], item[2]), kind="queued"), None)
             elif kind == "progress":
-                _, phase, step, total = item
-                progress((step, total), desc=PHASE_TEXT.get(phase, phase), unit="steps")
-            elif kind == "preview":
-                _, frame, step, total = item
-                final = state["handles"]
-                view = draw_overlay(frame, [], s, final_points=final) if final is not None else to_display(frame, s)
-                yield (f"Denoising: step {step}/{total} (live preview).", view, *(gr.skip(),) * (OUTPUTS - 2))
-            elif kind == "error":
-                err = item[1]
-                if isinstance(err, RunCancelled):
-                    yield _status_only("Run cancelled.")
-                else:
-                    gr.Warning(message(err))
-                    yield _status_only(f"**Error:** {message(err)}")
-                return
-            elif kind == "done":
-                yield self._finished(image, item[1], s, show_final_points)
-                return
+                pending = (status_html(item[1], item[2]), None)
+            elif kind is not None:
+                view.take(item)
+            now = time.monotonic()
+            # a new stage or step kind is shown at once (each is named in order); steps within one
+            # are shown at most every REPORT_EVERY seconds
+            changed = kind == "progress" and item[3] != last_kind
+            if changed:
+                last_kind = item[3]
+            if (pending and changed) or (now - last_sent >= REPORT_EVERY and (pending or view.due(now))):
+                frame = view.frame(now)
+                html = pending[0] if pending else gr.skip()
+                yield (html, frame if frame is not None else gr.skip(), *(gr.skip(),) * (OUTPUTS - 2))
+                last_sent, pending = now, None
 
-    def _finished(self, image, out: EditOutput, s: int, show_final_points: bool) -> tuple:
+    def _ending(self, image, item, show_final_points) -> tuple:
+        kind, value = item
+        off = gr.update(interactive=False)
+        if kind == "done":
+            return self._finished(image, value, show_final_points)
+        if isinstance(value, RunCancelled):
+            return status_only(status_html("Run cancelled."), cancel=off)
+        text = self.engine_message(value)
+        gr.Warning(text)
+        return status_only(status_html(f"Error: {text}", kind="error"), cancel=off)
+
+    def _finished(self, image, out: EditOutput, show_final_points: bool) -> tuple:
         r = out.result
+        s = display_scale(image.width, image.height)
         plain = to_display(r.image, s)
         with_points = draw_overlay(r.image, interleave_points(r.initial_handle_points, r.target_points), s,
                                    final_points=r.handle_points)
         result = {"image": r.image, "plain": plain, "with_points": with_points, "folder": str(out.folder)}
         dist = ", ".join(f"{d:.1f}" for d in np.linalg.norm(r.handle_points - r.target_points, axis=1))
-        text = (f"Done in {r.timings['total']:.1f} s: result `{out.folder.name}` "
+        text = (f"Done in {r.timings['total']:.1f} s: result {out.folder.name} "
                 f"(handle-to-target distance after the drag: {dist} px; stop: {r.stats.stop_reason}; "
                 f"LoRA: {r.lora.get('source')}).")
-        return (text, with_points if show_final_points else plain, (to_display(image, s), plain),
-                self.engine.display_gif(out.folder, s),
-                gr.update(value=self.engine.served_copy(out.zip_path), interactive=True), result)
+        return (status_html(text, 1.0, kind="done"), with_points if show_final_points else plain,
+                (to_display(image, s), plain), self.engine.display_gif(out.folder, s),
+                gr.update(value=self.engine.served_copy(out.zip_path), interactive=True), result,
+                gr.update(interactive=True), gr.update(interactive=False))
+
+
+class _Preview:
+    """The live preview: the newest predicted clean latent, decoded when the time spent
+    decoding stays within PREVIEW_SHARE of the run so far."""
+
+    def __init__(self, image: Image.Image):
+        self.image = image
+        self.scale = display_scale(image.width, image.height)
+        self.pipe: Any = None
+        self.latents = None
+        self.handles = None
+        self.started = time.monotonic()
+        self.decoding = 0.0
+
+    def take(self, item) -> None:
+        if item[0] == "pipe":
+            self.pipe = item[1]
+        elif item[0] == "handles":
+            self.handles = item[1]
+        elif item[0] == "latents":
+            self.latents = item[1]
+            if item[2] is not None:
+                self.handles = item[2]
+
+    def due(self, now: float) -> bool:
+        return (self.latents is not None and self.pipe is not None
+                and self.decoding <= PREVIEW_SHARE * (now - self.started))
+
+    def frame(self, now: float):
+        if not self.due(now):
+            return None
+        import torch
+
+        t0 = time.monotonic()
+        with torch.no_grad():
+            frame = self.pipe.decode_latents(self.latents)[0].resize(self.image.size, Image.LANCZOS)
+        self.latents = None
+        self.decoding += time.monotonic() - t0
+        if self.handles is not None:
+            return draw_overlay(frame, [], self.scale, final_points=self.handles)
+        return to_display(frame, self.scale)

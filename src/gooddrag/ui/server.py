@@ -11,7 +11,7 @@ import logging
 import os
 
 from ..errors import GoodDragError
-from ..models import SHAPES_MODEL
+from ..models import DEFAULT_HUB_MODEL, SHAPES_MODEL, parse_model_spec
 from .engine import DEFAULT_RESULTS_DIR
 from .state import MAX_PIXELS, MAX_UPLOAD_MB
 
@@ -46,7 +46,7 @@ def launch_app(demo, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, shar
     gradio()
     return demo.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
-        quiet=quiet, max_file_size=demo.gooddrag_max_bytes, show_error=True,
+        quiet=quiet, max_file_size=demo.gooddrag_max_bytes, show_error=True, css=getattr(demo, "gooddrag_css", None),
     )
 
 
@@ -59,9 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true",
                         help="also make a public gradio.live link (needs internet; anyone with the link can "
                              "use the app) (default: off)")
-    parser.add_argument("--model", default=SHAPES_MODEL,
-                        help=f"model selected at start: {SHAPES_MODEL} (shipped, offline), a hub id or a local "
-                             "path (default: %(default)s)")
+    parser.add_argument("--model", action="append", default=None, metavar="NAME=PATH_OR_ID",
+                        help="a model the app offers, by name: NAME=hub id or server path (repeatable; a bare "
+                             "hub id names itself); the first is selected at start. Clients see and choose "
+                             f"names only. {SHAPES_MODEL} (shipped, offline) and {DEFAULT_HUB_MODEL} are "
+                             f"always offered (default: {SHAPES_MODEL} selected)")
+    parser.add_argument("--allow-any-model", action="store_true",
+                        help="let the page and the API load any hub id or server path, and show paths in "
+                             "errors: for a single local user only (default: names only)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     parser.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR,
                         help="server folder for result folders and zips (default: ./%(default)s)")
@@ -87,9 +92,15 @@ def run(args: argparse.Namespace, say=logger.warning) -> int:
         raise GoodDragError("the web UI needs gradio: pip install 'gooddrag[ui]'") from None
     if args.share:
         say("warning: --share makes the app reachable by anyone with the link")
+    models = dict(parse_model_spec(spec) for spec in args.model or [])
+    if args.allow_any_model:
+        say("warning: --allow-any-model lets every client load any server path or hub id")
+        if args.share or args.host not in ("127.0.0.1", "localhost", "::1"):
+            say("warning: --allow-any-model with --share or a non-loopback --host exposes the server's files")
     demo = build_app(
-        default_model=args.model, results_dir=args.results_dir, device=args.device,
+        default_model=next(iter(models), SHAPES_MODEL), results_dir=args.results_dir, device=args.device,
         lora_cache_dir=args.lora_cache_dir, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
+        models=models, allow_any_model=args.allow_any_model,
     )
     say(f"results go to {demo.gooddrag_engine.results_dir}")
     try:

@@ -37,7 +37,12 @@ PRESET_LABELS = {
 }
 MAIN_SETTINGS = ("lora_steps", "drag_end_step", "track_per_step", "max_drag_per_track", "lr", "lam")
 """Settings shown up front; the others of ``gooddrag edit`` are in the Advanced accordion."""
-MASK_COLOR = ("rgb(40, 200, 120)", 0.55)
+MASK_COLOR = ("rgb(128, 128, 128)", 0.35)
+"""Brush of the mask editor: a neutral grey (it darkens or lightens, never changes a hue)."""
+MASK_OUTLINE = (255, 215, 0)
+"""Outline and hatching of the mask on the points view, whose other pixels keep their colours."""
+HATCH_EVERY = 8
+"""Display pixels between two hatching lines."""
 BRUSH_SIZE = 20
 """Brush radius in display pixels (the editor's size menu changes it): 2.5 pixels of a 64x64 image."""
 
@@ -149,8 +154,9 @@ def draw_overlay(
     mask: np.ndarray | None = None,
     final_points: np.ndarray | None = None,
 ) -> Image.Image:
-    """The display image with the mask tinted, each pair as handle (red) -> target (blue)
-    with an arrow (:func:`gooddrag.outputs.draw_points`), a pending handle, and optionally
+    """The display image with the mask outlined and hatched (:func:`mark_mask`: the
+    colours under it are kept), each pair as handle (red) -> target (blue) with an
+    arrow (:func:`gooddrag.outputs.draw_points`), a pending handle, and optionally
     final handle positions (yellow squares)."""
     from ..outputs import HANDLE_COLOR, draw_points
 
@@ -158,11 +164,10 @@ def draw_overlay(
     pts = [list(p) for p in (points or [])]
     n = len(pts) // 2 * 2
     arr = np.asarray(pts[:n], dtype=np.float64).reshape(-1, 2)
-    mask_d = None
     if mask is not None:
-        mask_d = np.repeat(np.repeat(np.asarray(mask, dtype=bool), scale, 0), scale, 1)
+        disp = mark_mask(disp, np.repeat(np.repeat(np.asarray(mask, dtype=bool), scale, 0), scale, 1))
     out = draw_points(
-        disp, image_to_display(arr[0::2], scale), image_to_display(arr[1::2], scale), mask_d,
+        disp, image_to_display(arr[0::2], scale), image_to_display(arr[1::2], scale), None,
         final_points=None if final_points is None else image_to_display(final_points, scale),
     )
     if len(pts) % 2:
@@ -170,6 +175,29 @@ def draw_overlay(
         r = max(3, round(min(out.size) / 100))
         ImageDraw.Draw(out).ellipse([x - r, y - r, x + r, y + r], fill=HANDLE_COLOR, outline=(255, 255, 255))
     return out
+
+
+def mask_marks(mask: np.ndarray, width: int = 2, every: int = HATCH_EVERY) -> np.ndarray:
+    """Where the mask is drawn: its inner outline (``width`` pixels) and diagonal hatching
+    lines ``every`` pixels apart, (H, W) bool; every other pixel is left alone."""
+    m = np.asarray(mask, dtype=bool)
+    inner = np.pad(m, width, constant_values=False)
+    for dy in range(-width, width + 1):
+        for dx in range(-width, width + 1):
+            inner[width:-width, width:-width] &= np.roll(np.roll(np.pad(m, width), dy, 0), dx, 1)[width:-width,
+                                                                                               width:-width]
+    interior = inner[width:-width, width:-width]
+    yy, xx = np.indices(m.shape)
+    return (m & ~interior) | (m & ((xx + yy) % every == 0))
+
+
+def mark_mask(image: Image.Image, mask: np.ndarray) -> Image.Image:
+    """``image`` with the mask's outline and hatching (:func:`mask_marks`) in MASK_OUTLINE."""
+    arr = np.asarray(image.convert("RGB")).copy()
+    if mask.shape != arr.shape[:2] or not mask.any():
+        return Image.fromarray(arr)
+    arr[mask_marks(mask)] = MASK_OUTLINE
+    return Image.fromarray(arr)
 
 
 # ---------------------------------------------------------------------- masks
@@ -235,6 +263,11 @@ def mask_layer(mask: np.ndarray | None, scale: int, color=MASK_COLOR) -> np.ndar
 
 
 # --------------------------------------------------------------------- inputs
+def _pixels(n: int) -> str:
+    """A pixel count with its unit: megapixels from 0.1 up, else pixels."""
+    return f"{n / 1e6:.1f} megapixels" if n >= 100_000 else f"{n:,} pixels"
+
+
 def load_upload(path: str | Path, max_bytes: int = int(MAX_UPLOAD_MB * 2**20), max_pixels: int = MAX_PIXELS,
                 what: str = "upload") -> Image.Image:
     """Open an uploaded image as RGB after checking its size on disk, its type and its
@@ -244,6 +277,8 @@ def load_upload(path: str | Path, max_bytes: int = int(MAX_UPLOAD_MB * 2**20), m
     if not path.is_file():
         raise GoodDragError(f"{what} {name!r}: no such file")
     nbytes = path.stat().st_size
+    if nbytes == 0:
+        raise GoodDragError(f"{what} {name!r} is empty (0 bytes)")
     if nbytes > max_bytes:
         raise GoodDragError(
             f"{what} {name!r} is {nbytes / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB"
@@ -257,7 +292,7 @@ def load_upload(path: str | Path, max_bytes: int = int(MAX_UPLOAD_MB * 2**20), m
                 raise GoodDragError(f"{what} {name!r} is a {fmt} image; use one of {kinds}")
             if w * h > max_pixels:
                 raise GoodDragError(
-                    f"{what} {name!r} is {w}x{h} = {w * h / 1e6:.1f} megapixels; the limit is {max_pixels / 1e6:.1f}"
+                    f"{what} {name!r} is {w}x{h} = {_pixels(w * h)}; the limit is {_pixels(max_pixels)}"
                 )
             im.seek(0)
             im.load()
@@ -265,7 +300,7 @@ def load_upload(path: str | Path, max_bytes: int = int(MAX_UPLOAD_MB * 2**20), m
     except GoodDragError:
         raise
     except Image.DecompressionBombError:
-        raise GoodDragError(f"{what} {name!r} has too many pixels; the limit is {max_pixels / 1e6:.1f} megapixels") from None
+        raise GoodDragError(f"{what} {name!r} has too many pixels; the limit is {_pixels(max_pixels)}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise GoodDragError(f"{what} {name!r} is not an image this app reads ({kinds})") from None
 
@@ -353,3 +388,4 @@ def interleave_points(handles: np.ndarray, targets: np.ndarray) -> list[list[flo
     for h, t in zip(np.asarray(handles).tolist(), np.asarray(targets).tolist()):
         out += [h, t]
     return out
+
