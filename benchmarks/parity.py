@@ -218,6 +218,82 @@ def run_reference(module, model_dir: Path, image: np.ndarray, mask: np.ndarray, 
     return rec
 
 
+def import_dragdiffusion(repo: Path):
+    """Import DragDiffusion's pipeline and drag/attention utilities with the CPU shims."""
+    sys.modules.setdefault("pytorch_lightning", types.SimpleNamespace(seed_everything=lambda seed: None))
+    torch.Tensor.cuda = lambda self, *a, **k: self  # noqa: E731 (CPU run)
+    sys.path.insert(0, str(repo))
+    return types.SimpleNamespace(
+        pipeline=importlib.import_module("drag_pipeline"),
+        drag=importlib.import_module("utils.drag_utils"),
+        attn=importlib.import_module("utils.attn_utils"),
+    )
+
+
+def run_dragdiffusion(modules, model_dir: Path, image: np.ndarray, mask: np.ndarray, points, start_layer: int,
+                      perturb: float = 0.0) -> Recorder:
+    """DragDiffusion's ``run_drag`` (utils/ui_utils.py), step by step with its own functions, in fp32 on
+    the CPU, no LoRA, its drag_ui.py values (inversion 0.7, lam 0.1, lr 0.01, 80 steps, r_m 1, r_p 3).
+    Its ui_utils module imports gradio, cv2 and torchvision, so this glue calls the pieces instead."""
+    from diffusers import DDIMScheduler
+
+    rec = Recorder()
+    h, w = image.shape[:2]
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    model = modules.pipeline.DragPipeline.from_pretrained(str(model_dir), scheduler=scheduler)
+    model.modify_unet_forward()
+    model.unet.set_default_attn_processor()
+    args = types.SimpleNamespace(
+        prompt="", points=points, n_inference_step=50, n_actual_inference_step=round(0.7 * 50), guidance_scale=1.0,
+        unet_feature_idx=[3], r_m=1, r_p=3, lam=0.1, lr=0.01, n_pix_step=80,
+        sup_res_h=int(0.5 * h), sup_res_w=int(0.5 * w),
+    )
+    source = (torch.from_numpy(image).float() / 127.5 - 1).permute(2, 0, 1)[None] + perturb
+    m = torch.from_numpy(mask).float() / 255.0
+    m[m > 0.0] = 1.0
+    m = torch.nn.functional.interpolate(m[None, None], (args.sup_res_h, args.sup_res_w), mode="nearest")
+    handles, targets = [], []
+    for i, (x, y) in enumerate(points):
+        p = torch.round(torch.tensor([y / h * args.sup_res_h, x / w * args.sup_res_w]))
+        (handles if i % 2 == 0 else targets).append(p)
+    track = modules.drag.point_tracking
+
+    def tracked(*a, **k):
+        out = track(*a, **k)
+        rec.tracked(torch.stack([p.float() for p in out]))
+        return out
+
+    modules.drag.point_tracking = tracked
+    to_image = model.latent2image
+
+    def decoded(latents, *a, **k):
+        rec.final_latent = latents[-1:].detach().clone()  # [source, edited]: keep the edit
+        return to_image(latents, *a, **k)
+
+    model.latent2image = decoded
+
+    def mutual_on(unet):
+        return any("forward" in vars(mod) for mod in unet.modules() if type(mod).__name__ == "Attention")
+
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), recording(model.unet, rec, mutual_on):
+        text = model.get_text_embeddings(args.prompt)
+        code = model.invert(source, args.prompt, encoder_hidden_states=text, guidance_scale=1.0,
+                            num_inference_steps=50, num_actual_inference_steps=args.n_actual_inference_step)
+        code_orig = code.clone()
+        model.scheduler.set_timesteps(50)
+        t = model.scheduler.timesteps[50 - args.n_actual_inference_step]
+        updated = modules.drag.drag_diffusion_update(model, code, text, t, handles, targets, m, args)
+        editor = modules.attn.MutualSelfAttentionControl(start_step=0, start_layer=start_layer, total_steps=50,
+                                                         guidance_scale=1.0)
+        modules.attn.register_attention_editor_diffusers(model, editor, attn_processor="attn_proc")
+        model(prompt="", encoder_hidden_states=torch.cat([text] * 2), batch_size=2,
+              latents=torch.cat([code_orig, updated.detach()]), guidance_scale=1.0, num_inference_steps=50,
+              num_actual_inference_steps=args.n_actual_inference_step)
+    modules.drag.point_tracking = track
+    return rec
+
+
 def summarize(ours: Recorder, ref: Recorder) -> dict:
     """Where the two runs agree: event order, trackings, steps per timestep, final latent."""
     def steps_per_timestep(events):
@@ -260,7 +336,9 @@ def summarize(ours: Recorder, ref: Recorder) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference-repo", type=Path, required=True, help="checkout of zewei-Zhang/GoodDrag")
+    ap.add_argument("--reference-repo", type=Path, required=True,
+                    help="checkout of zewei-Zhang/GoodDrag (--method gooddrag) or Yujun-Shi/DragDiffusion (dragdiffusion)")
+    ap.add_argument("--method", choices=["gooddrag", "dragdiffusion"], default="gooddrag")
     ap.add_argument("--model", type=Path, default=None,
                     help="diffusers folder (SD1.5-shaped; default: the tiny random model, made now)")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
@@ -268,28 +346,39 @@ def main(argv=None) -> int:
                     help="also run the authors' code on an input moved by 1e-6 and compare it with itself")
     ap.add_argument("--json", type=Path, default=None, help="write the report here")
     args = ap.parse_args(argv)
-    if not (args.reference_repo / "pipeline.py").is_file():
-        ap.error(f"--reference-repo {args.reference_repo}: no pipeline.py there")
+    entry = "pipeline.py" if args.method == "gooddrag" else "drag_pipeline.py"
+    if not (args.reference_repo / entry).is_file():
+        ap.error(f"--reference-repo {args.reference_repo}: no {entry} there")
     torch.set_num_threads(1)
-    module = import_reference(args.reference_repo)
     with tempfile.TemporaryDirectory(prefix="gooddrag-parity-") as tmp:
         model_dir = args.model or save_tiny_pipeline(Path(tmp) / "tiny-sd")  # no "xl" in the path: they guess SDXL from it
         image, mask = make_inputs()
-        config = get_preset("gooddrag", resolution=image.shape[0], lora_steps=0)
+        overrides = dict(resolution=image.shape[0], lora_steps=0)
         if args.model is None:  # the tiny UNet has 10 transformer blocks: mutual in its last 3
-            config = get_preset("gooddrag", resolution=image.shape[0], lora_steps=0, mutual_attention_start_layer=7)
-        set_reference_mutual_layer(module, config.mutual_attention_start_layer)
-        report = {"config": config.to_dict(), "cases": {}}
+            overrides["mutual_attention_start_layer"] = 7
+        config = get_preset(args.method, **overrides)
+        if args.method == "gooddrag":
+            module = import_reference(args.reference_repo)
+            set_reference_mutual_layer(module, config.mutual_attention_start_layer)
+
+            def reference(points, perturb=0.0):
+                return run_reference(module, model_dir, image, mask, points, BENCH, perturb=perturb)
+        else:
+            modules = import_dragdiffusion(args.reference_repo)
+
+            def reference(points, perturb=0.0):
+                return run_dragdiffusion(modules, model_dir, image, mask, points, config.mutual_attention_start_layer,
+                                         perturb=perturb)
+        report = {"method": args.method, "config": config.to_dict(), "cases": {}}
         for name in args.cases.split(","):
             points = CASES[name]
             ours = run_ours(model_dir, image, mask, points, config)
-            ref = run_reference(module, model_dir, image, mask, points, BENCH)
+            ref = reference(points)
             report["cases"][name] = {"points_xy": points} | summarize(ours, ref)
             if args.noise_floor:
                 # The authors' code against itself with the input moved by 1e-6: how far
                 # float noise alone carries a run on this model.
-                moved = run_reference(module, model_dir, image, mask, points, BENCH, perturb=1e-6)
-                report["cases"][name]["noise_floor"] = summarize(moved, ref)
+                report["cases"][name]["noise_floor"] = summarize(reference(points, perturb=1e-6), ref)
             print(name, json.dumps(report["cases"][name]), flush=True)  # a script's report, not library code
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
