@@ -404,19 +404,12 @@ def test_vae_upcast_only_where_fp16_overflows(tiny_sdxl_dir):
         assert dtype == torch.float16
 
 
-# ============================================================================= after the pipeline integration
-# These need DragPipeline to run SDXL (pipeline.py / config.py, the lead's files). Remove the
-# skip marks when integrating; see docs/sdxl.md, "Integration". Until then they are also marked
-# may_skip_in_ci (tests/conftest.py), so CI=true does not count the pending skip as a failure.
+# ============================================================================= the engine on SDXL
 
-
-def needs_integration(test):
-    test = pytest.mark.skip(reason="needs pipeline integration (lead)")(test)
-    return pytest.mark.may_skip_in_ci(test)
 
 SD_REFERENCE = "tests/data/sd-tiny-reference.npz"
-"""Output of an SD edit on the tiny model from the engine *before* the SDXL integration:
-write it with ``python -m tests.test_sdxl`` on that engine, commit it, then integrate."""
+"""Output of an SD edit on the tiny model from the engine *before* the SDXL integration
+(written with ``python -m tests.test_sdxl`` on commit 988099e): SD output is unchanged by it."""
 
 
 def _tiny_sdxl_config(method: str):
@@ -436,7 +429,6 @@ def _sd_reference_run(tiny_pipe):
     return np.asarray(res.image), res.handle_points
 
 
-@needs_integration
 @pytest.mark.parametrize("method", ["gooddrag", "dragdiffusion"])
 def test_sdxl_edit_end_to_end(tiny_sdxl_dir, method):
     from gooddrag import DragPipeline
@@ -449,7 +441,6 @@ def test_sdxl_edit_end_to_end(tiny_sdxl_dir, method):
     assert res.stats.drag_steps > 0
 
 
-@needs_integration
 def test_added_conditioning_reaches_every_unet_call(tiny_sdxl_dir):
     from gooddrag import DragPipeline
     from tests.helpers import POINTS, make_image, make_mask
@@ -474,7 +465,6 @@ def test_added_conditioning_reaches_every_unet_call(tiny_sdxl_dir):
         assert added["time_ids"][0].tolist() == [h, w, 0, 0, h, w]
 
 
-@needs_integration
 def test_sd_output_unchanged_bit_for_bit(tiny_pipe):
     import numpy as np
 

@@ -228,6 +228,10 @@ _SHAPES_SPATIAL = dict(resolution=64, sup_res_scale=1.0, feature_block=2, mutual
 PRESETS["shapes-gooddrag"] = dataclasses.replace(PRESETS["gooddrag"], max_track_no_change=10, **_SHAPES_SPATIAL)
 PRESETS["shapes-dragdiffusion"] = dataclasses.replace(PRESETS["dragdiffusion"], **_SHAPES_SPATIAL)
 
+from .sdxl import register_sdxl_presets  # noqa: E402
+
+register_sdxl_presets(PRESETS)
+
 
 def get_preset(name: str, **overrides: Any) -> DragConfig:
     """Return preset ``name`` with ``overrides`` applied (unknown names are an error)."""

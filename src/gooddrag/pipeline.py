@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import geometry, lora
+from . import backbone, geometry, lora
 from .attention import mutual_self_attention
 from .config import PRESETS, DragConfig
 from .ddim import DDIMSchedule, ddim_step, make_schedule
@@ -231,7 +231,8 @@ class DragPipeline:
         # Gradients flow to the latent only (LoRA training unfreezes its own
         # parameters): frozen weights spare a weight-gradient matmul per layer in
         # every drag backward pass, and the memory of those gradients.
-        for module in (self.unet, self.vae, self.text_encoder):
+        self.kind = backbone.backbone_kind(sd_pipeline)
+        for module in (self.unet, self.vae, *backbone.text_encoders(sd_pipeline)):
             module.requires_grad_(False)
         cuda = self.device.type == "cuda"
         self.fuse_lora: bool = True
@@ -343,7 +344,16 @@ class DragPipeline:
     # ------------------------------------------------------------ 2. prompt
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """(1, tokenizer.model_max_length, D) text embeddings (no CFG)."""
+        """(1, tokenizer.model_max_length, D) text embeddings (no CFG), SD 1.x/2.x only.
+
+        SDXL needs the working size too (its added conditioning): use
+        :func:`gooddrag.backbone.encode_conditioning`, which :meth:`__call__` does.
+        """
+        if self.kind != backbone.SD:
+            raise GoodDragError(
+                "encode_prompt covers SD 1.x/2.x; this is an SDXL model: use "
+                "gooddrag.backbone.encode_conditioning(pipe.sd, prompt, (height, width), pipe.device)"
+            )
         embeds, _ = self.sd.encode_prompt(prompt, self.device, 1, False)
         return embeds
 
@@ -378,11 +388,13 @@ class DragPipeline:
             logger.info("LoRA cache hit: %s", folder)
             return {"source": "cache", "path": str(folder / lora.LORA_FILE), "key": key}
         if text_embeddings is None:
-            text_embeddings = self.encode_prompt(prompt)
+            text_embeddings = backbone.encode_conditioning(self.sd, prompt, inputs.working_size, self.device)
+        if isinstance(text_embeddings, torch.Tensor):
+            text_embeddings = backbone.Conditioning(text_embeddings)
         if generator is None:
             generator = torch.Generator().manual_seed(config.seed)
-        with torch.no_grad():
-            dist = self.vae.encode(self._image_tensor(inputs.working_image)).latent_dist
+        with torch.no_grad(), backbone.vae_precision(self.vae) as vae_dtype:
+            dist = self.vae.encode(self._image_tensor(inputs.working_image).to(vae_dtype)).latent_dist
         bar = tqdm(total=config.lora_steps, desc="LoRA", disable=not progress, leave=False)
 
         def on_step(step, total, loss):
@@ -392,8 +404,9 @@ class DragPipeline:
 
         try:
             losses = lora.train_lora(
-                self.unet, dist, text_embeddings, self.scheduler, config, generator,
+                self.unet, dist, text_embeddings.encoder_hidden_states, self.scheduler, config, generator,
                 self.vae.config.scaling_factor, on_step, fused_adam=self.fused_adam,
+                added_cond_kwargs=text_embeddings.added_cond_kwargs,
             )
         finally:
             bar.close()
@@ -411,13 +424,15 @@ class DragPipeline:
     @torch.no_grad()
     def encode_image(self, image: Image.Image) -> torch.Tensor:
         """(1, c, h/f, w/f) fp32 latent (c latent channels, f the VAE factor): the posterior mean times ``vae.config.scaling_factor``."""
-        dist = self.vae.encode(self._image_tensor(image)).latent_dist
+        with backbone.vae_precision(self.vae) as vae_dtype:
+            dist = self.vae.encode(self._image_tensor(image).to(vae_dtype)).latent_dist
         return dist.mean.float() * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
         """(B, c, h, w) latents -> B PIL images."""
-        out = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
+        with backbone.vae_precision(self.vae) as vae_dtype:
+            out = self.vae.decode((latents / self.vae.config.scaling_factor).to(vae_dtype)).sample
         return self.sd.image_processor.postprocess(out.float(), output_type="pil")
 
     # ---------------------------------------------------------- UNet calls
@@ -427,9 +442,10 @@ class DragPipeline:
         The UNet runs in its weights' dtype (fp16/bf16 or fp32), forward and
         backward; latents, DDIM steps, features, losses and the optimiser stay fp32.
         """
-        cond = text.expand(latents.shape[0], -1, -1)
+        if isinstance(text, torch.Tensor):
+            text = backbone.Conditioning(text)
         dtype = self.unet.conv_in.weight.dtype  # not ``unet.dtype``: that walks all modules (ms per call)
-        return self.unet(latents.to(dtype), t, encoder_hidden_states=cond).sample.float()
+        return self.unet(latents.to(dtype), t, **text.unet_kwargs(latents.shape[0])).sample.float()
 
     # ------------------------------------------------------------ 5. invert
     @torch.no_grad()
@@ -715,7 +731,7 @@ class DragPipeline:
             raise GoodDragError("guidance_scale other than 1 is not supported (the methods use no CFG)")
 
         # 2. encode prompt
-        text = self.encode_prompt(prompt)
+        text = backbone.encode_conditioning(self.sd, prompt, inputs.working_size, self.device)
 
         try:
             # 3. LoRA
