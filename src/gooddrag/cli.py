@@ -14,7 +14,14 @@ from pathlib import Path
 from .config import METHODS
 from .errors import GoodDragError
 from .models import size_warning
-from .options import add_input_options, add_method_options, add_model_options, config_from_args, load_pipeline
+from .options import (
+    add_input_options,
+    add_method_options,
+    add_model_options,
+    config_for_pipeline,
+    config_from_args,
+    load_pipeline,
+)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -127,6 +134,7 @@ def cmd_edit(args) -> int:
     if misfit:
         print(f"warning: {misfit}", file=sys.stderr)
     pipe = load_pipeline(args)
+    config = config_for_pipeline(args, config, pipe)
     generator = torch.Generator().manual_seed(args.seed)
     result = pipe(
         sample.image, sample.handle_points, sample.target_points, mask=sample.mask, prompt=sample.prompt,
@@ -168,6 +176,7 @@ def cmd_lora(args) -> int:
         raise GoodDragError("--lora-steps 0 trains nothing")
     sample = _load_inputs(args, need_points=False)
     pipe = load_pipeline(args)
+    config = config_for_pipeline(args, config, pipe)
     # Any valid pair works here: the LoRA depends on the image, the prompt and the settings only.
     w, h = sample.image.size
     inputs = pipe.check_inputs(sample.image, [[0, 0]], [[w - 1, h - 1]], None, config)

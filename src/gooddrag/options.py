@@ -14,6 +14,18 @@ from .config import METHODS, PRESETS, DragConfig, get_preset
 from .errors import GoodDragError
 from .models import preset_for
 
+def parse_bool(text: str) -> bool:
+    """``true``/``false`` (also yes/no, on/off, 1/0) for the on/off settings."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+parse_bool.__name__ = "true/false"  # argparse names the type in its error message
+
 # (flag, DragConfig field, type, one-line help). Defaults are the chosen
 # method's preset; --help prints both presets' values.
 METHOD_SETTINGS = [
@@ -37,6 +49,13 @@ METHOD_SETTINGS = [
     ("--feature-block", "feature_block", int, "decoder block for features: 0 = mid, 1.. = up blocks"),
     ("--mutual-attention-start-layer", "mutual_attention_start_layer", int,
      "first self-attention layer (counted down, mid, up) with mutual self-attention"),
+    ("--track-at-timestep-start", "track_at_timestep_start", parse_bool,
+     "true/false: track once on each drag timestep's first forward pass"),
+    ("--track-on-fresh-features", "track_on_fresh_features", parse_bool,
+     "true/false: a round's closing tracking uses the latent after its last step (ours) instead of "
+     "the round's last forward pass (the authors')"),
+    ("--mutual-attention-while-dragging", "mutual_attention_while_dragging", parse_bool,
+     "true/false: mutual self-attention also in the drag timesteps' denoising steps"),
 ]
 
 
@@ -78,8 +97,9 @@ def add_method_options(p: argparse.ArgumentParser, lora_file: bool = True) -> No
                    help="gooddrag (AIDD + information-preserving loss) or the dragdiffusion baseline "
                         "(default: the preset's, else gooddrag)")
     g.add_argument("--preset", default=None, choices=list(PRESETS),
-                   help="named settings; shapes-* are for the shipped shapes-64 model (default: the method's name, "
-                        "shapes-<method> with --model shapes-64)")
+                   help="named settings; shapes-* are for the shipped shapes-64 model, *-sdxl for SDXL models "
+                        "(default: the method's name; shapes-<method> with --model shapes-64; <method>-sdxl "
+                        "for a model whose configs say SDXL)")
     for flag, name, typ, text in METHOD_SETTINGS:
         values = ", ".join(f"{m} {getattr(PRESETS[m], name)}" for m in METHODS)
         g.add_argument(flag, dest=name, type=typ, default=None, help=f"{text} (default: {values})")
@@ -100,6 +120,18 @@ def config_from_args(args) -> DragConfig:
     if args.method and PRESETS[preset].method != args.method:
         raise GoodDragError(f"--preset {preset} is a {PRESETS[preset].method} preset but --method is {args.method}")
     return get_preset(preset, **overrides)
+
+
+def config_for_pipeline(args, config: DragConfig, pipe) -> DragConfig:
+    """After loading: without ``--preset``, an SDXL model gets its method's SDXL preset (its kind
+    is read from the loaded model, never from its name), with the same command-line overrides."""
+    from .backbone import SD
+    from .sdxl import preset_for_pipeline
+
+    if args.preset or getattr(pipe, "kind", SD) == SD:
+        return config
+    overrides = {name: getattr(args, name) for _, name, _, _ in METHOD_SETTINGS if getattr(args, name) is not None}
+    return get_preset(preset_for_pipeline(pipe.sd, config.method), **overrides, seed=args.seed)
 
 
 def load_pipeline(args):
