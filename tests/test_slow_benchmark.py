@@ -18,7 +18,7 @@ from gooddrag.cli import main
 # ======================== EXPECTED VALUES: update after a deliberate engine change ========================
 # Source: the command above, on git MEASURED_AT, CPU, one torch thread (OMP_NUM_THREADS=1); the
 # summary.json it writes. Keys are those of gooddrag.shapes.metrics.summarize.
-MEASURED_AT = "eb800d4"  # after P1 parity (72bef00); DragDiffusion preset with lora_batch_size 1
+MEASURED_AT = "eb800d4"  # after P1 parity (72bef00) and the DragDiffusion LoRA batch 4 (dd5fc76); same at c23975b
 BENCH = dict(cases=10, seed=0)
 EXPECTED = {
     "gooddrag": {"median_relative_error": 0.1252, "success_rate": 0.9, "mean_psnr_outside_mask": 33.50},
