@@ -48,9 +48,27 @@ def _tiny_vocab() -> dict[str, int]:
     return vocab
 
 
+def tiny_vae(**config):
+    """A tiny ``AutoencoderKL`` with SD's layout (4 levels, factor 8, 4 latent channels); ``config``
+    overrides (SDXL's scaling factor and upcast flag, say). Random weights from torch's global seed."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**{
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "block_out_channels": (8, 8, 16, 16),
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "latent_channels": 4,
+        "sample_size": 128,
+    } | config)
+
+
 def make_tiny_pipeline(seed: int = 0):
     """Build a tiny ``StableDiffusionPipeline`` with random weights (seeded)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -72,17 +90,7 @@ def make_tiny_pipeline(seed: int = 0):
     # model that property (tests/test_ddim.py measures the reconstruction).
     with torch.no_grad():
         unet.conv_out.weight.mul_(0.02)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        norm_num_groups=8,
-        latent_channels=4,
-        sample_size=128,
-    )
+    vae = tiny_vae()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=2 * 256 + 2,

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .testing import _tiny_vocab
+from .testing import _tiny_vocab, tiny_vae
 
 __all__ = ["make_tiny_sdxl_pipeline", "save_tiny_sdxl_pipeline", "SDXL_SCHEDULER_CONFIG"]
 
@@ -59,7 +59,7 @@ def _clip_config(hidden: int, projection: int):
 
 def make_tiny_sdxl_pipeline(seed: int = 0):
     """Build a tiny ``StableDiffusionXLPipeline`` with random weights (seeded)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -84,19 +84,7 @@ def make_tiny_sdxl_pipeline(seed: int = 0):
     # slowly along a trajectory, so DDIM inversion behaves as with a trained model.
     with torch.no_grad():
         unet.conv_out.weight.mul_(0.02)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        norm_num_groups=8,
-        latent_channels=4,
-        sample_size=128,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    vae = tiny_vae(scaling_factor=0.13025, force_upcast=True)  # SDXL's VAE config values
     text_encoder = CLIPTextModel(_clip_config(_WIDTH_1, _WIDTH_1))
     text_encoder_2 = CLIPTextModelWithProjection(_clip_config(_WIDTH_2, _POOLED))
     tokenizer = CLIPTokenizer(vocab=_tiny_vocab(), merges=[], model_max_length=77)
