@@ -109,3 +109,25 @@ def test_redact_paths_keeps_names_and_points():
     assert message(GoodDragError("model '/srv/m' broke")) == "model '<server path>' broke"
     assert message(GoodDragError("model '/srv/m' broke"), paths_allowed=True) == "model '/srv/m' broke"
     assert message(OSError("/srv/secret: denied")) == "internal error (OSError); the details are in the server log"
+
+
+def test_a_late_echo_of_an_older_mask_is_not_taken_for_the_users_work(monkeypatch):
+    pytest.importorskip("gradio")
+    import numpy as np
+
+    from gooddrag.ui import handlers
+
+    sets = handlers.EditorSets()
+    example = np.zeros((8, 8), bool)
+    example[2:5, 2:5] = True
+    sets.server_set("s", example)  # an example's mask is sent to the editor...
+    sets.server_set("s", None)  # ...then Clear mask, before the editor reported the first
+    assert sets.is_late_echo("s", example)  # the first report arrives last: ignored
+    assert not sets.is_late_echo("s", None)  # the cleared state is taken
+    stroke = example.copy()
+    stroke[6, 6] = True
+    assert not sets.is_late_echo("s", stroke)  # a new stroke is the user's
+    assert not sets.is_late_echo("other", example)  # sessions are apart
+    now = handlers.time.monotonic()
+    monkeypatch.setattr(handlers.time, "monotonic", lambda: now + handlers.ECHO_WINDOW + 1)
+    assert not sets.is_late_echo("s", example)  # long after: the user painted it again

@@ -434,7 +434,8 @@ def test_browser_example_points_undo_clear_and_cancel(served, tmp_path):
             page.get_by_text("1 pair(s): 34,23>46,23").wait_for(timeout=30_000)
             page.get_by_text("Mask: 576 px").wait_for(timeout=30_000)  # its mask is in the editor
             # the editor's own "Clear canvas" (it removed the picture) is gone; Clear mask keeps the picture
-            assert not page.locator('#mask-editor button[aria-label="Clear canvas"]').is_visible()
+            trash = page.locator('#mask-editor button[aria-label="Clear canvas"]')
+            assert trash.count() == 1 and not trash.is_visible()
             canvas = page.locator("#mask-editor canvas").first
             before_clear = _pixels(canvas.screenshot())
             page.locator("#clear-mask").click()
@@ -447,10 +448,14 @@ def test_browser_example_points_undo_clear_and_cancel(served, tmp_path):
             from gooddrag.ui.state import draw_overlay
 
             ex = shipped_examples(repo_examples=False)[0]
-            page.wait_for_function(
-                "() => { const i = document.querySelector('#points-image img'); return i && i.complete; }")
-            shown = _pixels(page.request.get(page.locator("#points-image img").get_attribute("src")).body())
-            np.testing.assert_array_equal(shown, np.asarray(draw_overlay(ex.image, ex.points, 8)))  # no mask drawn
+            expected = np.asarray(draw_overlay(ex.image, ex.points, 8))  # the points view without a mask
+            deadline = time.monotonic() + 20
+            while True:  # the points view is replaced after the mask summary: wait for it
+                shown = _pixels(page.request.get(page.locator("#points-image img").get_attribute("src")).body())
+                if np.array_equal(shown, expected) or time.monotonic() > deadline:
+                    break
+                page.wait_for_timeout(250)
+            assert np.array_equal(shown, expected), page.locator("#mask-info").inner_text()
 
             page.locator("#undo").click()
             page.get_by_text("handle 1 at (34, 23); next click: its target").wait_for(timeout=30_000)

@@ -8,8 +8,11 @@ is :class:`gooddrag.ui.runs.PageRun`.
 
 # No ``from __future__ import annotations``: gradio reads the handlers' annotations
 # (gr.SelectData, gr.Request) at run time.
+import hashlib
 import logging
 import re
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,6 +97,45 @@ def file_path(value) -> str:
     return str(value)
 
 
+ECHO_WINDOW = 5.0
+"""Seconds after the server sets the mask editor during which a change event carrying an
+older server-set mask is taken for a late echo of that older value, not for the user's work."""
+
+
+class EditorSets:
+    """The masks the server put into each session's editor, to spot late echoes.
+
+    The editor reports a change some time after it has drawn a value the server sent;
+    when the server sends a new value meanwhile (Clear mask right after an example),
+    the report of the old one can arrive last. Taking it would show a mask summary
+    and points view that the editor no longer shows."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._sets: dict[str, list] = {}
+
+    @staticmethod
+    def key(mask: np.ndarray | None):
+        return None if mask is None or not np.any(mask) else (np.shape(mask), hashlib.sha1(
+            np.packbits(np.asarray(mask, dtype=bool)).tobytes()).hexdigest())
+
+    def server_set(self, session: str, mask: np.ndarray | None) -> None:
+        with self._lock:
+            self._sets[session] = (self._sets.get(session, []) + [(self.key(mask), time.monotonic())])[-4:]
+
+    def is_late_echo(self, session: str, mask: np.ndarray | None) -> bool:
+        key = self.key(mask)
+        with self._lock:
+            sets = self._sets.get(session, [])
+        if not sets or sets[-1][0] == key or time.monotonic() - sets[-1][1] > ECHO_WINDOW:
+            return False
+        return any(old == key for old, _ in sets[:-1])
+
+    def drop(self, session: str) -> None:
+        with self._lock:
+            self._sets.pop(session, None)
+
+
 class Handlers:
     """The page's event handlers (one method per event)."""
 
@@ -106,6 +148,7 @@ class Handlers:
         self.examples = list(examples)
         self.spec = settings_spec()
         self.fixed = dict(setting_defaults or {})
+        self.editor_sets = EditorSets()
 
     def preset_value(self, preset: str, name: str):
         """A settings box's value under ``preset`` (or the fixed demo/test value)."""
@@ -122,6 +165,7 @@ class Handlers:
         if misfit:
             gr.Warning(misfit)
             text += f" Warning: {misfit}."
+        self.editor_sets.server_set(session, mask)
         return (image, self.editor_value(image, mask), draw_overlay(image, points, s, mask),
                 describe_points(points), status_html(text), describe_mask(mask))
 
@@ -191,6 +235,8 @@ class Handlers:
         if bg is not None and np.shape(bg)[:2] != (image.height * s, image.width * s):
             return gr.skip(), gr.skip()  # a change from before the new input arrived
         mask = mask_from_editor(editor, image.size)
+        if self.editor_sets.is_late_echo(session_of(request), mask):
+            return gr.skip(), gr.skip()
         return draw_overlay(image, points, s, mask), describe_mask(mask)
 
     def on_model_change(self, model, preset, image):
@@ -205,6 +251,7 @@ class Handlers:
             return gr.skip(), gr.skip(), describe_mask(None)
         points = self.engine.points(session_of(request))
         s = display_scale(image.width, image.height)
+        self.editor_sets.server_set(session_of(request), None)
         return self.editor_value(image, None), draw_overlay(image, points, s), describe_mask(None)
 
     def on_preset_change(self, preset):
@@ -225,11 +272,13 @@ class Handlers:
         layers = list((editor or {}).get("layers") or [])
         ed = {"background": to_display(image, s), "layers": layers, "composite": None}
         mask = mask_from_layers(layers, image.size)
+        self.editor_sets.server_set(session_of(request), mask)
         return (image, ed, draw_overlay(image, [], s, mask), describe_points([]),
                 status_html("The result is the new input; click new points."), describe_mask(mask))
 
     def on_unload(self, request: gr.Request = None):
         self.engine.drop_session(session_of(request))
+        self.editor_sets.drop(session_of(request))
 
     def on_cancel(self, request: gr.Request = None):
         stopped = self.engine.cancel(session_of(request))
