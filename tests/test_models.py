@@ -19,6 +19,7 @@ def test_builtin_names_resolve_and_pick_their_preset():
     assert models.preset_for("shapes-64", "dragdiffusion") == "shapes-dragdiffusion"
     assert models.preset_for(DEFAULT_MODEL, "gooddrag") == "gooddrag"
     assert models.preset_for("/x/y", "gooddrag") == "gooddrag"
+    assert models.preset_for(shipped, "gooddrag") == "shapes-gooddrag"  # a loaded pipeline's source.location
 
 
 def test_size_warning_when_the_picture_does_not_fit_the_model():
@@ -96,6 +97,7 @@ def test_library_loads_the_shipped_model_by_name():
 
     pipe = DragPipeline.from_pretrained("shapes-64", device="cpu")
     assert pipe.source.kind == "folder" and pipe.unet.config.sample_size == 16
+    assert models.preset_for(pipe.source.location) == "shapes-gooddrag"  # what the pipeline can default to
 
 
 def test_redact_paths_keeps_names_and_points():
@@ -131,3 +133,12 @@ def test_a_late_echo_of_an_older_mask_is_not_taken_for_the_users_work(monkeypatc
     now = handlers.time.monotonic()
     monkeypatch.setattr(handlers.time, "monotonic", lambda: now + handlers.ECHO_WINDOW + 1)
     assert not sets.is_late_echo("s", example)  # long after: the user painted it again
+
+
+def test_ui_command_refuses_an_unnamed_path_in_one_line(capsys):
+    pytest.importorskip("gradio")
+    from gooddrag.cli import main
+
+    assert main(["ui", "--model", "/etc", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: --model '/etc' is a path: give it a name, --model NAME=/etc (clients see the name only)\n"

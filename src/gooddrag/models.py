@@ -60,8 +60,19 @@ BUILTIN = {
 
 
 def info(model: str | None) -> ModelInfo | None:
-    """The :class:`ModelInfo` of a built-in name, None for anything else."""
-    return BUILTIN.get((model or "").strip())
+    """The :class:`ModelInfo` of a built-in name, or of the folder a shipped name resolves
+    to (so a loaded pipeline's ``source.location`` finds its preset too); None otherwise."""
+    text = (model or "").strip()
+    if text in BUILTIN:
+        return BUILTIN[text]
+    for known in BUILTIN.values():
+        if known.shipped and text and Path(text).name == known.name:
+            try:
+                if Path(text).resolve() == shipped_model_dir(known.name).resolve():
+                    return known
+            except GoodDragError:
+                return None
+    return None
 
 
 def resolve(model: str) -> str:
