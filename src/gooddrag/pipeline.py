@@ -30,14 +30,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import backbone, geometry, lora
+from . import backbone, geometry, lora, models, sdxl
 from .attention import mutual_self_attention
 from .config import PRESETS, DragConfig
 from .ddim import DDIMSchedule, ddim_step, make_schedule
 from .errors import GoodDragError
 from .features import FeatureHook
 from .loading import DEFAULT_MODEL, ModelSource, load_components, resolve_device, resolve_dtype
-from .samples import check_points, fit_mask
 from .motion import (
     MOTION_LOSSES,
     active_pairs,
@@ -279,6 +278,13 @@ class DragPipeline:
         )
         return cls(sd, source=source, device=dev)
 
+    def default_config(self, method: str = "gooddrag") -> DragConfig:
+        """The ``method``'s preset that fits this model: ``shapes-<method>`` for the shipped
+        shapes-64, ``<method>-sdxl`` for an SDXL model, else ``<method>``."""
+        if self.kind == backbone.SDXL:
+            return PRESETS[sdxl.preset_for_pipeline(self.sd, method)]
+        return PRESETS[models.preset_for(self.source.location if self.source else None, method)]
+
     # ------------------------------------------------------------------ sizes
     @property
     def dtype(self) -> torch.dtype:
@@ -307,7 +313,7 @@ class DragPipeline:
             raise GoodDragError(f"image must be a PIL image, got {type(image).__name__}")
         image = image.convert("RGB")
         W, H = image.size
-        handles, targets = check_points(handle_points, target_points, (H, W))
+        handles, targets = geometry.check_points(handle_points, target_points, (H, W))
 
         working = geometry.working_size(H, W, config.resolution, self.size_multiple)
         sup = geometry.sup_grid_size(working, config.sup_res_scale)
@@ -322,7 +328,7 @@ class DragPipeline:
             mask_arr = np.asarray(mask)
             if mask_arr.ndim != 2:
                 raise GoodDragError(f"mask must be a 2-D array, got shape {mask_arr.shape}")
-            mask_t = torch.as_tensor(fit_mask(mask_arr > 0, (H, W)), dtype=torch.float32)
+            mask_t = torch.as_tensor(geometry.fit_mask(mask_arr > 0, (H, W)), dtype=torch.float32)
             if mask_t.sum() == 0:  # empty mask: everything may change (docs/algorithm.md, "The task")
                 mask_t = torch.ones(H, W)
         return PreparedInputs(
@@ -713,12 +719,12 @@ class DragPipeline:
         image: PIL image of any size; handle_points / target_points: (x, y)
         input-image pixels, one pair per row; mask: (H, W) array, nonzero = may
         change (None or all-zero: everything may change); prompt: text for the
-        UNet (empty by default); config: a :class:`DragConfig` (default the
-        ``gooddrag`` preset); generator: CPU generator for the LoRA's noise
+        UNet (empty by default); config: a :class:`DragConfig` (default:
+        :meth:`default_config`, the gooddrag preset that fits the model); generator: CPU generator for the LoRA's noise
         (default seeded from ``config.seed``); lora_path: use this LoRA instead
         of the cached/trained one.
         """
-        config = config or PRESETS["gooddrag"]
+        config = config or self.default_config()
         timings: dict[str, float] = {}
         t_all = time.perf_counter()
 

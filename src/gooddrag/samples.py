@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import GoodDragError
+from .geometry import check_points, fit_mask  # noqa: F401 - the input checks live with the frames
 
 logger = logging.getLogger(__name__)
 
@@ -132,48 +133,6 @@ def split_point_list(points, what: str) -> tuple[np.ndarray, np.ndarray]:
     if len(arr) % 2:
         raise GoodDragError(f"points in {what}: odd number of points ({len(arr)}); they alternate handle, target")
     return arr[0::2], arr[1::2]
-
-
-def fit_mask(mask: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """A bool mask resized to ``image_size`` = (H, W) by nearest neighbour, with a
-    warning when its size differs (the user should know their mask was changed)."""
-    H, W = image_size
-    if mask.shape == (H, W):
-        return mask
-    logger.warning(
-        "mask is %dx%d but the image is %dx%d: resized to the image (nearest neighbour)",
-        mask.shape[1], mask.shape[0], W, H,
-    )
-    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((W, H), Image.NEAREST)) > 0
-
-
-def check_points(handle_points, target_points, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Validate (x, y) handle/target points against an image of ``image_size`` = (H, W).
-
-    Returns both as float (N, 2) arrays; raises a one-line error naming the bad point.
-    """
-    H, W = image_size
-    arrays = []
-    for name, pts in (("handle", handle_points), ("target", target_points)):
-        arr = np.asarray(pts, dtype=np.float64)
-        if arr.size == 0:
-            raise GoodDragError("no points given: at least one handle and one target are needed")
-        if arr.ndim != 2 or arr.shape[1] != 2:
-            raise GoodDragError(f"{name} points must be a list of (x, y) pairs, got shape {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise GoodDragError(f"{name} points contain a non-finite coordinate")
-        arrays.append(arr)
-    handles, targets = arrays
-    if len(handles) != len(targets):
-        raise GoodDragError(f"{len(handles)} handle point(s) but {len(targets)} target point(s)")
-    for kind, pts in (("handle", handles), ("target", targets)):
-        for i, (x, y) in enumerate(pts, 1):
-            if not (0 <= x < W and 0 <= y < H):
-                raise GoodDragError(f"{kind} point {i} ({x:g}, {y:g}) is outside the {W}x{H} image")
-    for i, (h, t) in enumerate(zip(handles, targets), 1):
-        if np.allclose(h, t):
-            raise GoodDragError(f"handle point {i} ({h[0]:g}, {h[1]:g}) equals its target")
-    return handles, targets
 
 
 def sample_layout(folder: Path) -> str | None:
