@@ -489,3 +489,33 @@ if __name__ == "__main__":  # pragma: no cover - writes the SD reference (see SD
     image, handles = _sd_reference_run(DragPipeline.from_pretrained(str(folder), device="cpu"))
     os.makedirs(os.path.dirname(SD_REFERENCE), exist_ok=True)
     np.savez(SD_REFERENCE, image=image, handles=handles)
+
+
+def test_every_entry_point_picks_the_sdxl_preset_for_an_sdxl_model(tiny_sdxl_dir, tiny_pipe):
+    """Library default, CLI (no --preset) and web UI (a plain SD preset chosen): the SDXL preset of
+    the same method, with the user's overrides kept; SD models and explicit presets are left alone."""
+    import argparse
+
+    from gooddrag import DragPipeline, get_preset
+    from gooddrag.options import config_for_pipeline
+    from gooddrag.ui.engine import Engine
+
+    pipe = DragPipeline.from_pretrained(str(tiny_sdxl_dir), device="cpu")
+    assert pipe.default_config().resolution == get_preset("gooddrag-sdxl").resolution == 1024
+    assert tiny_pipe.default_config() == get_preset("gooddrag")
+
+    args = argparse.Namespace(preset=None, seed=7, lr=0.05, **{n: None for n in (
+        "resolution", "lora_steps", "lora_rank", "lora_lr", "lora_batch_size", "num_inference_steps",
+        "inversion_strength", "drag_end_step", "track_per_step", "max_drag_per_track", "max_track_no_change",
+        "drag_loss_threshold", "r1", "r2", "beta", "lam", "feature_block", "mutual_attention_start_layer",
+        "track_at_timestep_start", "track_on_fresh_features", "mutual_attention_while_dragging")})
+    sd_config = get_preset("dragdiffusion", lr=0.05, seed=7)
+    config = config_for_pipeline(args, sd_config, pipe)
+    assert config == get_preset("dragdiffusion-sdxl", lr=0.05, seed=7)
+    assert config_for_pipeline(args, sd_config, tiny_pipe) is sd_config
+    assert config_for_pipeline(argparse.Namespace(**(vars(args) | {"preset": "dragdiffusion"})), sd_config,
+                               pipe) is sd_config
+
+    preset, config = Engine._fit_preset(pipe, "gooddrag", get_preset("gooddrag"), {"lora_steps": 3})
+    assert preset == "gooddrag-sdxl" and config == get_preset("gooddrag-sdxl", lora_steps=3)
+    assert Engine._fit_preset(tiny_pipe, "gooddrag", get_preset("gooddrag"), {})[0] == "gooddrag"

@@ -241,6 +241,7 @@ class Engine:
                 loaded = self.pipeline(model, dtype, vae)
                 if on_loaded:
                     on_loaded(loaded.pipe)
+                preset, config = self._fit_preset(loaded.pipe, preset, config, settings)
                 result = self._run(loaded.pipe, image, handles, targets, mask, prompt, config, callback,
                                    progress, report)
                 progress.saving()
@@ -251,6 +252,20 @@ class Engine:
             self.queue.leave(ticket, seconds)
         logger.info("edit %s done in %.1f s", out.folder.name, seconds)
         return out
+
+    @staticmethod
+    def _fit_preset(pipe, preset, config, settings):
+        """An SDXL model run with a plain SD preset gets its method's SDXL preset (same page
+        settings): the SD layer choices do not fit SDXL's UNet. Other presets stay as chosen."""
+        from ..backbone import SDXL
+        from ..config import METHODS
+        from ..sdxl import preset_for_pipeline
+
+        if getattr(pipe, "kind", None) != SDXL or preset not in METHODS:
+            return preset, config
+        preset = preset_for_pipeline(pipe.sd, config.method)
+        logger.info("SDXL model: running preset %s", preset)
+        return preset, make_config(preset, settings)
 
     def _run(self, pipe, image, handles, targets, mask, prompt, config, callback, progress, report):
         import torch
