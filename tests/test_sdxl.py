@@ -509,6 +509,12 @@ def test_every_entry_point_picks_the_sdxl_preset_for_an_sdxl_model(tiny_sdxl_dir
         "inversion_strength", "drag_end_step", "track_per_step", "max_drag_per_track", "max_track_no_change",
         "drag_loss_threshold", "r1", "r2", "beta", "lam", "feature_block", "mutual_attention_start_layer",
         "track_at_timestep_start", "track_on_fresh_features", "mutual_attention_while_dragging")})
+    from gooddrag.options import config_from_args
+
+    # before loading (edit, lora, bench run): read from the model's configs
+    picked = config_from_args(argparse.Namespace(**(vars(args) | {"model": str(tiny_sdxl_dir), "method": None,
+                                                                   "model_config": None})))
+    assert picked == get_preset("gooddrag-sdxl", lr=0.05, seed=7)
     sd_config = get_preset("dragdiffusion", lr=0.05, seed=7)
     config = config_for_pipeline(args, sd_config, pipe)
     assert config == get_preset("dragdiffusion-sdxl", lr=0.05, seed=7)

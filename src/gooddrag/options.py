@@ -112,11 +112,33 @@ def add_method_options(p: argparse.ArgumentParser, lora_file: bool = True) -> No
                    help="where trained LoRAs are cached (default: $GOODDRAG_CACHE/lora or ~/.cache/gooddrag/lora)")
 
 
+def default_preset(args) -> str:
+    """The preset for ``--method`` (default gooddrag) that fits ``--model``: a named model's
+    own (shapes-*), else the SDXL one when the model's configs (or a single file's tensor
+    names) say SDXL, else the method's. Read from the model, never from its name; when the
+    model cannot be read here, the method's preset (loading then says what is wrong)."""
+    model, method = getattr(args, "model", None), args.method or "gooddrag"
+    name = preset_for(model, method)
+    if name != method or not model:
+        return name
+    from .backbone import detect_backbone
+    from .loading import classify_source
+    from .models import resolve
+    from .sdxl import preset_name
+
+    try:
+        kind = detect_backbone(classify_source(resolve(model)), getattr(args, "model_config", None))
+    except (GoodDragError, OSError, ValueError):
+        return name
+    return preset_name(kind, method)
+
+
 def config_from_args(args) -> DragConfig:
     overrides = {name: getattr(args, name) for _, name, _, _ in METHOD_SETTINGS if getattr(args, name) is not None}
     overrides["seed"] = args.seed
-    # No --preset: the method's preset that fits the model (shapes-* for the shipped shapes-64).
-    preset = args.preset or preset_for(getattr(args, "model", None), args.method or "gooddrag")
+    # No --preset: the method's preset that fits the model (shapes-* for the shipped shapes-64,
+    # *-sdxl for a model whose configs say SDXL).
+    preset = args.preset or default_preset(args)
     if args.method and PRESETS[preset].method != args.method:
         raise GoodDragError(f"--preset {preset} is a {PRESETS[preset].method} preset but --method is {args.method}")
     return get_preset(preset, **overrides)
