@@ -30,10 +30,18 @@ from gooddrag.samples import (
 
 from .helpers import POINTS, make_image, make_mask, require, write_drag100_sample, write_dragbench_sample
 
-# The real Drag100 samples: $GOODDRAG_DRAG100, else ../shared/data/drag100-format beside the
-# repository (never an absolute path). Missing: a skip locally, a failure under CI=true.
-REAL_SAMPLES = Path(os.environ.get("GOODDRAG_DRAG100")
-                    or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "drag100-format")
+def _find_real_samples() -> Path:
+    """The real Drag100 samples: $GOODDRAG_DRAG100, else shared/data/drag100-format beside the
+    repository or beside any folder above it (a clone may sit deeper than the working copy);
+    never an absolute path. Missing: a skip locally, a failure under CI=true."""
+    if os.environ.get("GOODDRAG_DRAG100"):
+        return Path(os.environ["GOODDRAG_DRAG100"])
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [folder / "shared" / "data" / "drag100-format" for folder in repo.parents]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+REAL_SAMPLES = _find_real_samples()
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:
