@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .single_file_checkpoint import VAE_PREFIX, _unet_to_ldm, _vae_to_ldm
+from .single_file_checkpoint import VAE_PREFIX, _unet_to_ldm, _vae_to_ldm, flatten, write_checkpoint
 
 __all__ = ["sdxl_to_sgm_state_dict", "save_sdxl_single_file_checkpoint"]
 
@@ -118,25 +118,12 @@ def sdxl_to_sgm_state_dict(diffusers_folder: str | Path) -> dict[str, torch.Tens
         (CLIP_1_PREFIX, clip_1),
         (OPEN_CLIP_2_PREFIX, _open_clip_state(text_encoder_2.state_dict())),
     ]
-    checkpoint: dict[str, torch.Tensor] = {}
-    for prefix, part in parts:
-        for key, value in part.items():
-            checkpoint[prefix + key] = value.detach().to("cpu").contiguous().clone()
-    return checkpoint
+    return flatten(parts)
 
 
 def save_sdxl_single_file_checkpoint(diffusers_folder: str | Path, out_path: str | Path) -> Path:
     """Write the diffusers SDXL folder as an SGM single file (``.ckpt``: pickled ``{"state_dict": ...}``)."""
-    out_path = Path(out_path)
-    checkpoint = sdxl_to_sgm_state_dict(diffusers_folder)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if out_path.suffix == ".ckpt":
-        torch.save({"state_dict": checkpoint}, out_path)
-    else:
-        from safetensors.torch import save_file
-
-        save_file(checkpoint, str(out_path))
-    return out_path
+    return write_checkpoint(sdxl_to_sgm_state_dict(diffusers_folder), out_path)
 
 
 

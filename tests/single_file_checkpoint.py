@@ -194,11 +194,7 @@ def diffusers_to_ldm_state_dict(diffusers_folder: str | Path) -> dict[str, torch
         (VAE_PREFIX, _vae_to_ldm(vae.state_dict(), len(vae.config.up_block_types))),
         (CLIP_PREFIX, _clip_to_ldm(text_encoder.state_dict())),
     ]
-    checkpoint: dict[str, torch.Tensor] = {}
-    for prefix, part in parts:
-        for key, value in part.items():
-            # Own, contiguous storage: safetensors refuses views and shared tensors.
-            checkpoint[prefix + key] = value.detach().to("cpu").contiguous().clone()
+    checkpoint = flatten(parts)
     # Real SD-1.x files carry CLIP's position_ids buffer (transformers no longer saves it).
     checkpoint.setdefault(
         CLIP_PREFIX + "embeddings.position_ids",
@@ -214,8 +210,20 @@ def save_single_file_checkpoint(diffusers_folder: str | Path, out_path: str | Pa
     the original CompVis checkpoints; anything else is written with
     ``safetensors.torch.save_file``. Returns ``out_path`` as a ``Path``.
     """
+    return write_checkpoint(diffusers_to_ldm_state_dict(diffusers_folder), out_path)
+
+
+def flatten(parts: list[tuple[str, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """``[(prefix, state dict), ...]`` -> one flat state dict of prefixed keys, each tensor with
+    its own contiguous CPU storage (safetensors refuses views and shared tensors)."""
+    return {prefix + key: value.detach().to("cpu").contiguous().clone()
+            for prefix, part in parts for key, value in part.items()}
+
+
+def write_checkpoint(checkpoint: dict[str, torch.Tensor], out_path: str | Path) -> Path:
+    """``.ckpt``: a pickled ``{"state_dict": ...}`` (``torch.save``), as the original files;
+    anything else: ``safetensors.torch.save_file``. Returns ``out_path`` as a ``Path``."""
     out_path = Path(out_path)
-    checkpoint = diffusers_to_ldm_state_dict(diffusers_folder)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if out_path.suffix == ".ckpt":
         torch.save({"state_dict": checkpoint}, out_path)
