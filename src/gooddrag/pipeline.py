@@ -115,8 +115,8 @@ class _DragState:
     stopped: bool = False
     """A stop rule ended the drag phase: later timesteps only denoise."""
     reached: bool | None = None
-    """Whether every handle is done, as of the last tracking (None: not tracked since the last change)."""
-    stats: DragStats = field(default_factory=lambda: DragStats())
+    """Whether every handle is done, as of the last tracking (None: not tracked yet)."""
+    stats: DragStats = field(default_factory=DragStats)
 
 
 @dataclass
@@ -669,7 +669,6 @@ class DragPipeline:
                 else:
                     track(features, "round")
                     check = True
-        state.reached = None if config.track_on_fresh_features and pending else state.reached
         if steps_here:
             stats.drag_timesteps += 1
         stats.drag_steps_per_timestep.append(steps_here)

@@ -281,6 +281,8 @@ def run_benchmark(args, rels: list[str] | None = None, pipe=None) -> dict:
                     if type(err).__name__ == "OutOfMemoryError":
                         import torch
 
+                        # once per failed sample (not in the drag loops): give the next sample
+                        # the memory the failed one's cached blocks still hold
                         torch.cuda.empty_cache()
                     record_failure(results, sample, err, shard=plan.shard_text)
                     counts["failed"] += 1

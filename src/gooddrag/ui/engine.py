@@ -337,6 +337,8 @@ class Engine:
 
 
 def _free_device_memory() -> None:
+    """After a cached pipeline is dropped (once per eviction, never in a run's loops): hand its
+    GPU blocks back, so the next model can load where two would not fit."""
     import gc
 
     gc.collect()
