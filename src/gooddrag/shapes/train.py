@@ -20,10 +20,16 @@ Stages (all deterministic from ``--seed``):
 3. encode every scene, set ``scaling_factor`` = 1 / std of the latents (as SD
    does), train the UNet with the eps-prediction MSE at uniform timesteps
    (SD1.5's scaled-linear betas, 1000 steps), empty-prompt conditioning,
-   keeping an exponential moving average of its weights;
+   keeping an exponential moving average of its weights; optionally with
+   v-prediction (``--prediction-type``) and Min-SNR loss weighting
+   (``--snr-gamma``; Hang et al. 2023, "Efficient Diffusion Training via
+   Min-SNR Weighting Strategy", eq. 5-6);
 4. save the pipeline with ``save_pretrained`` (weights in fp16 to halve the
    package size; they load as fp32), a loss curve, a grid of DDIM samples and
    a model card.
+
+``--vae-from FOLDER`` skips stage 2 and reuses the autoencoder of an earlier
+run (its training record is carried into the new model card).
 
 Usage::
 
@@ -149,14 +155,28 @@ def encode_all(vae, data: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return torch.cat([vae.encode(data[i:i + batch]).latent_dist.mean for i in range(0, len(data), batch)])
 
 
-def train_unet(latents, text, steps, batch, lr, seed, log_every, ema_decay=0.999):
+def loss_weights(noise_sched, t: torch.Tensor, snr_gamma: float, prediction_type: str) -> torch.Tensor:
+    """(B,) per-sample weights of the MSE. Min-SNR-gamma (Hang et al. 2023, eq. 5-6): the
+    x0-space weight min(SNR, gamma), expressed for the eps target as min(SNR, gamma) / SNR
+    and for the v target as min(SNR, gamma) / (SNR + 1); ``snr_gamma <= 0``: all ones."""
+    if snr_gamma <= 0:
+        return torch.ones(t.shape)
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_sched, t)
+    clipped = torch.clamp(snr, max=snr_gamma)
+    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+
+
+def train_unet(latents, text, steps, batch, lr, seed, log_every, ema_decay=0.999, snr_gamma=0.0,
+               prediction_type="epsilon"):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from diffusers.training_utils import EMAModel
 
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(**UNET_CONFIG)
     betas = {k: SD15_SCHEDULER_CONFIG[k] for k in ("beta_start", "beta_end", "beta_schedule", "clip_sample")}
-    noise_sched = DDPMScheduler(num_train_timesteps=1000, **betas)
+    noise_sched = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, **betas)
     ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps, 200))
@@ -170,7 +190,9 @@ def train_unet(latents, text, steps, batch, lr, seed, log_every, ema_decay=0.999
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, 1000, (batch,), generator=g)
         pred = unet(noise_sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(pred, noise)
+        target = noise if prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
+        per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        loss = (loss_weights(noise_sched, t, snr_gamma, prediction_type) * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -205,14 +227,14 @@ def plot_losses(curves: dict[str, list[float]], path: Path, width: int = 640, he
     img.save(path)
 
 
-def save_pipeline(out: Path, vae, unet, scaling_factor: float):
+def save_pipeline(out: Path, vae, unet, scaling_factor: float, prediction_type: str = "epsilon"):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from ..testing import make_tiny_pipeline
 
     base = make_tiny_pipeline(seed=0)  # its CLIP text encoder and tokenizer (fixed, random)
     vae.register_to_config(scaling_factor=scaling_factor)
-    scheduler = DDIMScheduler(**SD15_SCHEDULER_CONFIG)
+    scheduler = DDIMScheduler(**{**SD15_SCHEDULER_CONFIG, "prediction_type": prediction_type})
     pipe = StableDiffusionPipeline(
         vae=vae.half(), text_encoder=base.text_encoder.half(), tokenizer=base.tokenizer, unet=unet.half(),
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -224,11 +246,12 @@ def save_pipeline(out: Path, vae, unet, scaling_factor: float):
 
 
 @torch.no_grad()
-def sample_grid(vae, unet, text, scaling_factor, path: Path, n: int = 16, steps: int = 50, seed: int = 0):
+def sample_grid(vae, unet, text, scaling_factor, path: Path, n: int = 16, steps: int = 50, seed: int = 0,
+                prediction_type: str = "epsilon"):
     """DDIM samples from pure noise (eta 0), decoded, as a 4-column grid."""
     from diffusers import DDIMScheduler
 
-    sched = DDIMScheduler(**SD15_SCHEDULER_CONFIG)
+    sched = DDIMScheduler(**{**SD15_SCHEDULER_CONFIG, "prediction_type": prediction_type})
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, VAE_CONFIG["latent_channels"], IMAGE_SIZE // 4, IMAGE_SIZE // 4, generator=g)
@@ -249,6 +272,11 @@ def write_model_card(folder: Path) -> Path:
     """The model card (README.md) of a trained folder, from its training.json."""
     rec = json.loads((folder / "training.json").read_text())
     t = rec["timings_s"]
+    a = rec["args"]
+    objective = "v-prediction" if a.get("prediction_type") == "v_prediction" else "eps-prediction"
+    objective += f" MSE with Min-SNR-{a['snr_gamma']:g} weighting" if a.get("snr_gamma") else " MSE"
+    reused = rec.get("vae_from")
+    vae_note = (f" (reused, not retrained: trained by `{reused['command']}` on {reused['device']})" if reused else "")
     card = f"""# shapes-64: a small latent diffusion model of synthetic scenes
 
 Shipped with gooddrag so that the drag engine can be run, demonstrated and
@@ -265,8 +293,8 @@ random tiny CLIP; the model was trained with the empty prompt only.
 |---|---|
 | training command | `{rec['command']}` |
 | data | {rec['args']['scenes']} random scenes (seed {rec['args']['seed']}) and their mirror images |
-| autoencoder | {rec['vae_config']['block_out_channels']} channels, 4x down, {rec['vae_config']['latent_channels']} latent channels; {rec['args']['vae_steps']} steps x batch {rec['args']['vae_batch']} of 32x32 crops, AdamW {rec['args'].get('vae_lr', 2e-3):g} cosine, MSE + 1e-6 KL; reconstruction PSNR {rec['vae_recon_psnr_db']} dB; scaling_factor {rec['scaling_factor']:.4f} |
-| UNet | {rec['unet_config']['block_out_channels']} channels, attention at 8x8 and 4x4; {rec['args']['unet_steps']} steps x batch {rec['args']['unet_batch']}, AdamW {rec['args'].get('unet_lr', 4e-4):g} cosine, eps-prediction MSE, EMA 0.999 |
+| autoencoder | {rec['vae_config']['block_out_channels']} channels, 4x down, {rec['vae_config']['latent_channels']} latent channels; {rec['args']['vae_steps']} steps x batch {rec['args']['vae_batch']} of 32x32 crops, AdamW {rec['args'].get('vae_lr', 2e-3):g} cosine, MSE + 1e-6 KL; reconstruction PSNR {rec['vae_recon_psnr_db']} dB; scaling_factor {rec['scaling_factor']:.4f}{vae_note} |
+| UNet | {rec['unet_config']['block_out_channels']} channels, attention at 8x8 and 4x4; {rec['args']['unet_steps']} steps x batch {rec['args']['unet_batch']}, AdamW {rec['args'].get('unet_lr', 4e-4):g} cosine, {objective}, EMA 0.999 |
 | final losses | autoencoder {rec['final_loss']['autoencoder']:.4f}, UNet {rec['final_loss']['unet']:.4f} (means of the last 100 / 200 steps) |
 | time | render {t['render_s']} s, autoencoder {t['vae_s']} s, UNet {t['unet_s']} s{(' (' + rec['note'] + ')') if rec.get('note') else ''} |
 | device | {rec['device']}, torch {rec['torch']} |
@@ -298,12 +326,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unet-batch", type=int, default=32, help="UNet batch (default: 32)")
     p.add_argument("--unet-lr", type=float, default=1e-3,
                    help="UNet peak learning rate (default: 1e-3; 4e-4 learnt ~1.5x slower in a 340-step trial)")
+    p.add_argument("--snr-gamma", type=float, default=0.0,
+                   help="Min-SNR loss weighting gamma (Hang et al. 2023; 5 in the paper); 0 = off (default: 0)")
+    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"],
+                   help="what the UNet predicts (default: epsilon)")
+    p.add_argument("--vae-from", type=Path, default=None,
+                   help="reuse the autoencoder of an earlier trained folder instead of training one")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = torch's default (default: 0)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     if out.exists():
         raise SystemExit(f"error: {out} exists; remove it or choose another --out")
+    vae_record = None
+    if args.vae_from is not None:
+        try:
+            vae_record = json.loads((args.vae_from / "training.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"error: --vae-from {args.vae_from}: no readable training.json ({exc})")
     if args.threads:
         torch.set_num_threads(args.threads)
     timings = {}
@@ -313,8 +353,17 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("rendered %d images in %.1f s", len(data), timings["render_s"])
 
     t0 = time.perf_counter()
-    vae, vae_losses = train_vae(data, args.vae_steps, args.vae_batch, 32, args.vae_lr, args.seed, 100)
-    timings["vae_s"] = time.perf_counter() - t0
+    if vae_record is None:
+        vae, vae_losses = train_vae(data, args.vae_steps, args.vae_batch, 32, args.vae_lr, args.seed, 100)
+        timings["vae_s"] = time.perf_counter() - t0
+    else:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.vae_from / "vae").float().eval()
+        vae_losses = vae_record.get("losses", {}).get("autoencoder") or [vae_record["final_loss"]["autoencoder"]]
+        timings["vae_s"] = vae_record["timings_s"]["vae_s"]
+        for key in ("vae_steps", "vae_batch", "vae_lr"):  # the card describes how the reused autoencoder was made
+            setattr(args, key, vae_record["args"][key])
     vae_psnr = recon_psnr(vae, data[-256:])
     latents = encode_all(vae, data)
     scaling_factor = float(1.0 / latents.std())
@@ -329,13 +378,15 @@ def main(argv: list[str] | None = None) -> int:
                              return_tensors="pt").input_ids
         text = base.text_encoder(ids)[0]
     t0 = time.perf_counter()
-    unet, unet_losses = train_unet(latents, text, args.unet_steps, args.unet_batch, args.unet_lr, args.seed, 200)
+    unet, unet_losses = train_unet(latents, text, args.unet_steps, args.unet_batch, args.unet_lr, args.seed, 200,
+                                   snr_gamma=args.snr_gamma, prediction_type=args.prediction_type)
     timings["unet_s"] = time.perf_counter() - t0
 
     out.mkdir(parents=True)
-    save_pipeline(out, vae, unet, scaling_factor)
+    save_pipeline(out, vae, unet, scaling_factor, args.prediction_type)
     plot_losses({"autoencoder": vae_losses, "unet": unet_losses}, out / "loss_curve.png")
-    sample_grid(vae, unet, text, scaling_factor, out / "samples.png", seed=args.seed)
+    sample_grid(vae, unet, text, scaling_factor, out / "samples.png", seed=args.seed,
+                prediction_type=args.prediction_type)
     record = {
         "command": "python -m gooddrag.shapes.train " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         "args": vars(args),
@@ -347,7 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         "final_loss": {"autoencoder": float(np.mean(vae_losses[-100:])), "unet": float(np.mean(unet_losses[-200:]))},
         "vae_config": VAE_CONFIG,
         "unet_config": UNET_CONFIG,
+        "losses": {"autoencoder": [round(v, 6) for v in vae_losses], "unet": [round(v, 6) for v in unet_losses]},
     }
+    if vae_record is not None:
+        record["vae_from"] = {"folder": str(args.vae_from), "command": vae_record["command"],
+                              "vae_recon_psnr_db_there": vae_record["vae_recon_psnr_db"],
+                              "device": vae_record["device"]}
+        record["args"]["vae_from"] = str(args.vae_from)
     (out / "training.json").write_text(json.dumps(record, indent=2))
     write_model_card(out)
     logger.info("saved %s", out)
