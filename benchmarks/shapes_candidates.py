@@ -13,10 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
-from gooddrag.pipeline import DragPipeline
-from gooddrag.shapes.bench import run_benchmark
+from gooddrag.shapes.bench import load_shapes_pipeline, run_benchmark
 from gooddrag.shapes.metrics import summarize
 from gooddrag.shapes.scenes import make_cases
 
@@ -31,11 +28,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.out.exists():
         raise SystemExit(f"error: {args.out} exists")
-    torch.set_num_threads(1)  # as load_shapes_pipeline: the model is too small to gain from more
     cases = make_cases(args.cases, args.seed)
     summaries = {}
     for folder in args.models:
-        pipe = DragPipeline.from_pretrained(str(folder), device="cpu", dtype="fp32")
+        pipe = load_shapes_pipeline(folder=folder)
         rows, _ = run_benchmark(pipe, cases, [args.method], seed=args.seed, progress=False)
         summaries[str(folder)] = summarize(rows)[args.method]
     args.out.parent.mkdir(parents=True, exist_ok=True)

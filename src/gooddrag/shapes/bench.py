@@ -33,8 +33,8 @@ MODEL_NAME = SHAPES_MODEL
 BENCH_METHODS = ("gooddrag", "dragdiffusion", "identity")
 
 
-def load_shapes_pipeline(device: str = "cpu", dtype: str = "fp32"):
-    """The shipped shapes-64 model. On the CPU, torch runs it on one thread: the model is too small
+def load_shapes_pipeline(device: str = "cpu", dtype: str = "fp32", folder=None):
+    """The shipped shapes-64 model (or another trained shapes folder, ``folder``). On the CPU, torch runs it on one thread: the model is too small
     to gain from more (a UNet forward: 9.3 ms on 2 threads, 10.4 ms on 1, on a 2-core machine),
     and 2-thread OpenMP regions stall when anything else uses the second core (`gooddrag demo`
     measured 149 s instead of 5.7 s beside one other busy process)."""
@@ -42,7 +42,7 @@ def load_shapes_pipeline(device: str = "cpu", dtype: str = "fp32"):
 
     if device == "cpu":
         torch.set_num_threads(1)
-    return DragPipeline.from_pretrained(str(shipped_model_dir()), device=device, dtype=dtype)
+    return DragPipeline.from_pretrained(str(folder or shipped_model_dir()), device=device, dtype=dtype)
 
 
 def edit_case(pipe, case: DragCase, method: str, *, seed: int = 0, lora_cache_dir=None,
