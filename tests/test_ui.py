@@ -418,6 +418,37 @@ def test_browser_upload_paint_click_run_download(served, tmp_path):
     print(f"browser test, seconds at each step: {', '.join(laps)}; screenshots in {shots}")
 
 
+NARROW_CONTROLS = ("#upload", "#mask-editor", "#points-image", "#undo", "#clear", "#preset", "#run", "#cancel",
+                   "#status", "#result", "#download")
+"""What a user needs on a phone: each must fit inside a 400 px wide window."""
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
+def test_browser_layout_fits_a_400_px_window(served, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, _ = served
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 400, "height": 900})
+            page.goto(url)
+            page.locator("#upload").wait_for()
+            page.locator("#mask-editor canvas").first.wait_for(timeout=30_000)
+            page.locator("#examples img").first.wait_for(timeout=30_000)
+            page.wait_for_function("() => !document.body.innerText.includes('Loading...')", timeout=30_000)
+            # no sideways scrolling: the page is no wider than the window
+            width = page.evaluate("() => document.documentElement.scrollWidth")
+            assert width <= 400, f"page is {width} px wide in a 400 px window"
+            for sel in NARROW_CONTROLS:
+                box = page.locator(sel).first.bounding_box()
+                assert box is not None, f"{sel} is not displayed"
+                assert box["x"] >= 0 and box["x"] + box["width"] <= 400 + 0.5, f"{sel} sticks out: {box}"
+                assert box["width"] >= 100, f"{sel} is squeezed to {box['width']:.0f} px"
+            page.screenshot(path=str(tmp_path / "ui-400px.png"), full_page=True)
+        finally:
+            browser.close()
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
 def test_browser_example_points_undo_clear_and_cancel(served, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
