@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps({"seed": args.seed, "cases": args.cases, "method": args.method,
                                     "models": summaries}, indent=2, default=str))
     keys = ("median_relative_error", "success_rate", "lost_rate", "mean_psnr_in_mask", "mean_psnr_outside_mask")
-    print("| model | " + " | ".join(keys) + " |\n|---" * (len(keys) + 1) + "|")  # a script's report
+    print("| model | " + " | ".join(keys) + " |\n" + "|---" * (len(keys) + 1) + "|")  # a script's report
     for folder, s in summaries.items():
         print(f"| {folder} | " + " | ".join(f"{s[k]:.3f}" for k in keys) + " |")
     return 0

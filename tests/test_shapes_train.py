@@ -9,7 +9,7 @@ from diffusers import DDPMScheduler
 
 from gooddrag.ddim import SD15_SCHEDULER_CONFIG
 from gooddrag.pipeline import DragPipeline
-from gooddrag.shapes.train import loss_weights, main
+from gooddrag.shapes.train import loss_weights, main, training_target
 
 
 @pytest.fixture
@@ -33,16 +33,30 @@ def test_min_snr_weights_by_hand(noise_sched):
     torch.testing.assert_close(w, torch.stack([5 / (snr[0] + 1), a[1], a[2]]))
 
 
+def test_training_targets_by_hand(noise_sched):
+    t = torch.tensor([100, 900])
+    x0 = torch.full((2, 1, 1, 1), 2.0)
+    noise = torch.full((2, 1, 1, 1), -1.0)
+    assert torch.equal(training_target(noise_sched, x0, noise, t, "epsilon"), noise)
+    a = noise_sched.alphas_cumprod[t].view(2, 1, 1, 1)
+    v = a.sqrt() * -1.0 - (1 - a).sqrt() * 2.0  # v = sqrt(a) eps - sqrt(1 - a) x0
+    torch.testing.assert_close(training_target(noise_sched, x0, noise, t, "v_prediction"), v)
+    with pytest.raises(ValueError, match="sample"):
+        training_target(noise_sched, x0, noise, t, "sample")
+
+
 def test_few_step_training_runs_saves_and_reuses_its_autoencoder(tmp_path):
     small = ["--scenes", "4", "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "2", "--unet-batch", "2",
              "--threads", "1"]
     first = tmp_path / "first"
     assert main(["--out", str(first), *small]) == 0
     second = tmp_path / "second"
-    assert main(["--out", str(second), *small, "--vae-from", str(first), "--snr-gamma", "5",
+    assert main(["--out", str(second), *small, "--vae-steps", "1", "--vae-from", str(first), "--snr-gamma", "5",
                  "--prediction-type", "v_prediction"]) == 0
     rec = json.loads((second / "training.json").read_text())
     assert rec["vae_from"]["folder"] == str(first)
+    assert rec["vae_from"]["scenes"] == 4 and rec["vae_from"]["seed"] == 0
+    assert rec["args"]["vae_steps"] == 2  # how the reused autoencoder was trained, not this run's flag
     assert rec["args"]["snr_gamma"] == 5.0 and rec["args"]["prediction_type"] == "v_prediction"
     card = (second / "README.md").read_text()
     assert "reused, not retrained" in card and "v-prediction MSE with Min-SNR-5 weighting" in card
@@ -54,6 +68,7 @@ def test_few_step_training_runs_saves_and_reuses_its_autoencoder(tmp_path):
     for (name, p), (_, q) in zip(a.vae.state_dict().items(), b.vae.state_dict().items()):
         assert torch.equal(p, q), name
     assert b.scheduler.config.prediction_type == "v_prediction"
+    assert b.vae.config.scaling_factor == pytest.approx(rec["scaling_factor"])
     assert a.scheduler.config.prediction_type == "epsilon"
 
 

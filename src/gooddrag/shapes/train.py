@@ -168,6 +168,17 @@ def loss_weights(noise_sched, t: torch.Tensor, snr_gamma: float, prediction_type
     return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
 
 
+def training_target(noise_sched, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                    prediction_type: str) -> torch.Tensor:
+    """What the UNet learns to output for x_t = sqrt(a) x0 + sqrt(1 - a) noise (a = alpha_bar_t):
+    the noise (epsilon), or v = sqrt(a) noise - sqrt(1 - a) x0 (Salimans & Ho 2022, sec. 4)."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return noise_sched.get_velocity(x0, noise, t)
+    raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
+
+
 def train_unet(latents, text, steps, batch, lr, seed, log_every, ema_decay=0.999, snr_gamma=0.0,
                prediction_type="epsilon"):
     from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -190,7 +201,7 @@ def train_unet(latents, text, steps, batch, lr, seed, log_every, ema_decay=0.999
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, 1000, (batch,), generator=g)
         pred = unet(noise_sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
-        target = noise if prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
+        target = training_target(noise_sched, x0, noise, t, prediction_type)
         per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
         loss = (loss_weights(noise_sched, t, snr_gamma, prediction_type) * per_sample).mean()
         opt.zero_grad(set_to_none=True)
@@ -276,7 +287,11 @@ def write_model_card(folder: Path) -> Path:
     objective = "v-prediction" if a.get("prediction_type") == "v_prediction" else "eps-prediction"
     objective += f" MSE with Min-SNR-{a['snr_gamma']:g} weighting" if a.get("snr_gamma") else " MSE"
     reused = rec.get("vae_from")
-    vae_note = (f" (reused, not retrained: trained by `{reused['command']}` on {reused['device']})" if reused else "")
+    vae_note = (f" (reused, not retrained: trained by `{reused['command']}` on {reused['device']}"
+                + (f", on {reused['scenes']} scenes of seed {reused['seed']}" if "scenes" in reused else "") + ")"
+                if reused else "")
+    loss_kind = "weighted loss" if a.get("snr_gamma") else "loss"
+    vae_time = f"{t['vae_s']} s" + (" (in the run that trained it)" if reused else "")
     card = f"""# shapes-64: a small latent diffusion model of synthetic scenes
 
 Shipped with gooddrag so that the drag engine can be run, demonstrated and
@@ -295,8 +310,8 @@ random tiny CLIP; the model was trained with the empty prompt only.
 | data | {rec['args']['scenes']} random scenes (seed {rec['args']['seed']}) and their mirror images |
 | autoencoder | {rec['vae_config']['block_out_channels']} channels, 4x down, {rec['vae_config']['latent_channels']} latent channels; {rec['args']['vae_steps']} steps x batch {rec['args']['vae_batch']} of 32x32 crops, AdamW {rec['args'].get('vae_lr', 2e-3):g} cosine, MSE + 1e-6 KL; reconstruction PSNR {rec['vae_recon_psnr_db']} dB; scaling_factor {rec['scaling_factor']:.4f}{vae_note} |
 | UNet | {rec['unet_config']['block_out_channels']} channels, attention at 8x8 and 4x4; {rec['args']['unet_steps']} steps x batch {rec['args']['unet_batch']}, AdamW {rec['args'].get('unet_lr', 4e-4):g} cosine, {objective}, EMA 0.999 |
-| final losses | autoencoder {rec['final_loss']['autoencoder']:.4f}, UNet {rec['final_loss']['unet']:.4f} (means of the last 100 / 200 steps) |
-| time | render {t['render_s']} s, autoencoder {t['vae_s']} s, UNet {t['unet_s']} s{(' (' + rec['note'] + ')') if rec.get('note') else ''} |
+| final losses | autoencoder {rec['final_loss']['autoencoder']:.4f}, UNet {rec['final_loss']['unet']:.4f} ({loss_kind}; means of the last 100 / 200 steps) |
+| time | render {t['render_s']} s, autoencoder {vae_time}, UNet {t['unet_s']} s{(' (' + rec['note'] + ')') if rec.get('note') else ''} |
 | device | {rec['device']}, torch {rec['torch']} |
 | weights | stored in fp16 (loaded as fp32) |
 
@@ -401,9 +416,12 @@ def main(argv: list[str] | None = None) -> int:
         "losses": {"autoencoder": [round(v, 6) for v in vae_losses], "unet": [round(v, 6) for v in unet_losses]},
     }
     if vae_record is not None:
-        record["vae_from"] = {"folder": str(args.vae_from), "command": vae_record["command"],
-                              "vae_recon_psnr_db_there": vae_record["vae_recon_psnr_db"],
-                              "device": vae_record["device"]}
+        # where the autoencoder was really trained (carried through a chain of reuses)
+        origin = vae_record.get("vae_from") or {
+            "command": vae_record["command"], "device": vae_record["device"],
+            "scenes": vae_record["args"]["scenes"], "seed": vae_record["args"]["seed"]}
+        record["vae_from"] = {**origin, "folder": str(args.vae_from),
+                              "vae_recon_psnr_db_there": vae_record["vae_recon_psnr_db"]}
         record["args"]["vae_from"] = str(args.vae_from)
     (out / "training.json").write_text(json.dumps(record, indent=2))
     write_model_card(out)
