@@ -337,15 +337,10 @@ class Engine:
 
 
 def _free_device_memory() -> None:
-    """After a cached pipeline is dropped (once per eviction, never in a run's loops): hand its
-    GPU blocks back, so the next model can load where two would not fit."""
+    """After a cached pipeline is dropped (once per eviction): collect the reference cycles that
+    still hold its tensors, so their GPU blocks go back to torch's caching allocator. No
+    emptying of the CUDA cache: the allocator itself releases cached blocks and retries before
+    it reports out of memory, so the next model reuses them either way."""
     import gc
 
     gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # pragma: no cover
-        pass
