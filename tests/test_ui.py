@@ -8,6 +8,7 @@ The browser test drives Debian's /usr/bin/chromium headless through Playwright
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -309,6 +310,17 @@ def _check_progress_log(log):
     assert log[-1]["text"].startswith("Done in")
 
 
+@contextlib.contextmanager
+def _chromium(sync_api):
+    """Debian's chromium, headless, through Playwright (never a downloaded browser); closed after."""
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 def _pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
 
@@ -326,98 +338,94 @@ def test_browser_upload_paint_click_run_download(served, tmp_path):
 
     def lap(what):
         laps.append(f"{what} {time.perf_counter() - t0:.1f}")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 2000}, accept_downloads=True)
-            page.on("request", lambda r: outside.append(r.url)
-                    if not r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
-            page.goto(url)
-            page.locator("#upload").wait_for()
-            assert page.locator("#cancel").is_disabled() and page.locator("#use-result").is_disabled()
-            with page.expect_file_chooser() as chooser:
-                page.locator("#upload").click()
-            chooser.value.set_files(str(tmp_path / "input.png"))
-            page.get_by_text("Loaded input.png").wait_for(timeout=30_000)
-            lap("uploaded")
+    with _chromium(sync_api) as browser:
+        page = browser.new_page(viewport={"width": 1500, "height": 2000}, accept_downloads=True)
+        page.on("request", lambda r: outside.append(r.url)
+                if not r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
+        page.goto(url)
+        page.locator("#upload").wait_for()
+        assert page.locator("#cancel").is_disabled() and page.locator("#use-result").is_disabled()
+        with page.expect_file_chooser() as chooser:
+            page.locator("#upload").click()
+        chooser.value.set_files(str(tmp_path / "input.png"))
+        page.get_by_text("Loaded input.png").wait_for(timeout=30_000)
+        lap("uploaded")
 
-            # paint a band across the middle of the canvas (the image sits centred in it)
-            page.get_by_role("button", name="Brush", exact=True).click()
-            box = page.locator("#mask-editor canvas").first.bounding_box()
-            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-            for dy in (-10, 10):  # few pointer moves: each costs 0.5-1.5 s of software WebGL
-                page.mouse.move(cx - 180, cy + dy)
-                page.mouse.down()
-                page.mouse.move(cx + 180, cy + dy, steps=2)
-                page.mouse.up()
-            page.get_by_text("may change.").wait_for(timeout=30_000)
-            page.get_by_text(" px (").wait_for(timeout=30_000)  # "Mask: N px (x%) may change."
-            lap("painted")
+        # paint a band across the middle of the canvas (the image sits centred in it)
+        page.get_by_role("button", name="Brush", exact=True).click()
+        box = page.locator("#mask-editor canvas").first.bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        for dy in (-10, 10):  # few pointer moves: each costs 0.5-1.5 s of software WebGL
+            page.mouse.move(cx - 180, cy + dy)
+            page.mouse.down()
+            page.mouse.move(cx + 180, cy + dy, steps=2)
+            page.mouse.up()
+        page.get_by_text("may change.").wait_for(timeout=30_000)
+        page.get_by_text(" px (").wait_for(timeout=30_000)  # "Mask: N px (x%) may change."
+        lap("painted")
 
-            # handle then target, on the middle row, inside the band
-            img = page.locator("#points-image img")
-            ib = img.bounding_box()
-            page.mouse.click(ib["x"] + ib["width"] * 0.40, ib["y"] + ib["height"] * 0.5)
-            page.get_by_text("next click: its **target**".replace("**", "")).wait_for(timeout=30_000)
-            page.mouse.click(ib["x"] + ib["width"] * 0.60, ib["y"] + ib["height"] * 0.5)
-            page.get_by_text("1 pair(s)").wait_for(timeout=30_000)
-            page.wait_for_function("() => { const i = document.querySelector('#points-image img');"
-                                   " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
-            points_view = _pixels(page.request.get(img.get_attribute("src")).body())
-            page.screenshot(path=str(shots / "ui-ready.png"), full_page=True)
-            lap("clicked")
+        # handle then target, on the middle row, inside the band
+        img = page.locator("#points-image img")
+        ib = img.bounding_box()
+        page.mouse.click(ib["x"] + ib["width"] * 0.40, ib["y"] + ib["height"] * 0.5)
+        page.get_by_text("next click: its **target**".replace("**", "")).wait_for(timeout=30_000)
+        page.mouse.click(ib["x"] + ib["width"] * 0.60, ib["y"] + ib["height"] * 0.5)
+        page.get_by_text("1 pair(s)").wait_for(timeout=30_000)
+        page.wait_for_function("() => { const i = document.querySelector('#points-image img');"
+                               " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
+        points_view = _pixels(page.request.get(img.get_attribute("src")).body())
+        page.screenshot(path=str(shots / "ui-ready.png"), full_page=True)
+        lap("clicked")
 
-            page.evaluate(WATCH_STATUS)
-            page.locator("#run").click()
-            page.get_by_text("Done in").wait_for(timeout=120_000)
-            log = page.evaluate("() => window.statusLog")
-            page.screenshot(path=str(shots / "ui-finished-edit.png"), full_page=True)
-            lap("ran")
+        page.evaluate(WATCH_STATUS)
+        page.locator("#run").click()
+        page.get_by_text("Done in").wait_for(timeout=120_000)
+        log = page.evaluate("() => window.statusLog")
+        page.screenshot(path=str(shots / "ui-finished-edit.png"), full_page=True)
+        lap("ran")
 
-            with page.expect_download() as info:
-                page.locator("#download").click()
-            zpath = tmp_path / "result.zip"
-            info.value.save_as(zpath)
-            files = {Path(n).name: n for n in zipfile.ZipFile(zpath).namelist()}
-            assert set(files) == EVERY_RESULT_FILE
-            with zipfile.ZipFile(zpath) as zf:
-                mask = _pixels(zf.read(files["mask.png"]))[..., 0] > 0  # the painted mask, as used
-                used_input = _pixels(zf.read(files["input.png"]))
-                points = json.loads(zf.read(files["new_points.json"]))
-            np.testing.assert_array_equal(used_input, case.image)
-            assert 0.03 < mask.mean() < 0.6 and mask[30:34, 24:40].all()  # the band painted above
-            _check_progress_log(log)
-            # the mask is drawn as outline + hatching: every other pixel keeps the picture's colour
-            from gooddrag.ui.state import mask_marks, to_display
+        with page.expect_download() as info:
+            page.locator("#download").click()
+        zpath = tmp_path / "result.zip"
+        info.value.save_as(zpath)
+        files = {Path(n).name: n for n in zipfile.ZipFile(zpath).namelist()}
+        assert set(files) == EVERY_RESULT_FILE
+        with zipfile.ZipFile(zpath) as zf:
+            mask = _pixels(zf.read(files["mask.png"]))[..., 0] > 0  # the painted mask, as used
+            used_input = _pixels(zf.read(files["input.png"]))
+            points = json.loads(zf.read(files["new_points.json"]))
+        np.testing.assert_array_equal(used_input, case.image)
+        assert 0.03 < mask.mean() < 0.6 and mask[30:34, 24:40].all()  # the band painted above
+        _check_progress_log(log)
+        # the mask is drawn as outline + hatching: every other pixel keeps the picture's colour
+        from gooddrag.ui.state import mask_marks, to_display
 
-            big = np.repeat(np.repeat(mask, 8, 0), 8, 1)
-            keep = big & ~mask_marks(big)
-            keep[216:296, 176:344] = False  # around the handle, the target and the arrow
-            shown_input = np.asarray(to_display(Image.fromarray(case.image), 8)).astype(int)
-            assert keep.sum() > 1000 and (points_view[keep] == shown_input[keep]).all()
-            (hx, hy), (tx, ty) = points["handle_points"][0], points["target_points"][0]
-            assert abs(hy - 31.5) <= 1.5 and abs(ty - 31.5) <= 1.5 and 8 <= tx - hx <= 18  # clicked 0.4 -> 0.6
+        big = np.repeat(np.repeat(mask, 8, 0), 8, 1)
+        keep = big & ~mask_marks(big)
+        keep[216:296, 176:344] = False  # around the handle, the target and the arrow
+        shown_input = np.asarray(to_display(Image.fromarray(case.image), 8)).astype(int)
+        assert keep.sum() > 1000 and (points_view[keep] == shown_input[keep]).all()
+        (hx, hy), (tx, ty) = points["handle_points"][0], points["target_points"][0]
+        assert abs(hy - 31.5) <= 1.5 and abs(ty - 31.5) <= 1.5 and 8 <= tx - hx <= 18  # clicked 0.4 -> 0.6
 
-            src = page.locator("#result img").get_attribute("src")
-            shown = _pixels(page.request.get(src).body())
-            assert shown.shape == (512, 512, 3)
-            result = shown[::8, ::8]  # the page shows the 64x64 result enlarged 8x
-            assert np.abs(result - case.image.astype(int))[mask].mean() > 1
+        src = page.locator("#result img").get_attribute("src")
+        shown = _pixels(page.request.get(src).body())
+        assert shown.shape == (512, 512, 3)
+        result = shown[::8, ::8]  # the page shows the 64x64 result enlarged 8x
+        assert np.abs(result - case.image.astype(int))[mask].mean() > 1
 
-            page.locator("#show-final").click()  # the toggle shows the final handle positions
-            page.wait_for_function(
-                "s => document.querySelector('#result img')?.getAttribute('src') !== s", arg=src, timeout=30_000)
-            page.screenshot(path=str(shots / "ui-final-points.png"), full_page=True)
+        page.locator("#show-final").click()  # the toggle shows the final handle positions
+        page.wait_for_function(
+            "s => document.querySelector('#result img')?.getAttribute('src') !== s", arg=src, timeout=30_000)
+        page.screenshot(path=str(shots / "ui-final-points.png"), full_page=True)
 
-            assert page.locator("#cancel").is_disabled() and not page.locator("#use-result").is_disabled()
-            page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
-            page.locator("#use-result").click()  # the result becomes the next input
-            page.get_by_text("The result is the new input").wait_for(timeout=30_000)
-            page.get_by_text("No points yet").wait_for(timeout=30_000)
-            page.wait_for_function("() => window.scrollY === 0", timeout=10_000)  # back to the top
-            lap("checked")
-        finally:
-            browser.close()
+        assert page.locator("#cancel").is_disabled() and not page.locator("#use-result").is_disabled()
+        page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
+        page.locator("#use-result").click()  # the result becomes the next input
+        page.get_by_text("The result is the new input").wait_for(timeout=30_000)
+        page.get_by_text("No points yet").wait_for(timeout=30_000)
+        page.wait_for_function("() => window.scrollY === 0", timeout=10_000)  # back to the top
+        lap("checked")
     assert outside == [], f"the page fetched from outside: {outside}"
     print(f"browser test, seconds at each step: {', '.join(laps)}; screenshots in {shots}")
 
@@ -431,26 +439,22 @@ NARROW_CONTROLS = ("#upload", "#mask-editor", "#points-image", "#undo", "#clear"
 def test_browser_layout_fits_a_400_px_window(served, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     url, _ = served
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 400, "height": 900})
-            page.goto(url)
-            page.locator("#upload").wait_for()
-            page.locator("#mask-editor canvas").first.wait_for(timeout=30_000)
-            page.locator("#examples img").first.wait_for(timeout=30_000)
-            page.wait_for_function("() => !document.body.innerText.includes('Loading...')", timeout=30_000)
-            # no sideways scrolling: the page is no wider than the window
-            width = page.evaluate("() => document.documentElement.scrollWidth")
-            assert width <= 400, f"page is {width} px wide in a 400 px window"
-            for sel in NARROW_CONTROLS:
-                box = page.locator(sel).first.bounding_box()
-                assert box is not None, f"{sel} is not displayed"
-                assert box["x"] >= 0 and box["x"] + box["width"] <= 400 + 0.5, f"{sel} sticks out: {box}"
-                assert box["width"] >= 100, f"{sel} is squeezed to {box['width']:.0f} px"
-            page.screenshot(path=str(tmp_path / "ui-400px.png"), full_page=True)
-        finally:
-            browser.close()
+    with _chromium(sync_api) as browser:
+        page = browser.new_page(viewport={"width": 400, "height": 900})
+        page.goto(url)
+        page.locator("#upload").wait_for()
+        page.locator("#mask-editor canvas").first.wait_for(timeout=30_000)
+        page.locator("#examples img").first.wait_for(timeout=30_000)
+        page.wait_for_function("() => !document.body.innerText.includes('Loading...')", timeout=30_000)
+        # no sideways scrolling: the page is no wider than the window
+        width = page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 400, f"page is {width} px wide in a 400 px window"
+        for sel in NARROW_CONTROLS:
+            box = page.locator(sel).first.bounding_box()
+            assert box is not None, f"{sel} is not displayed"
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 400 + 0.5, f"{sel} sticks out: {box}"
+            assert box["width"] >= 100, f"{sel} is squeezed to {box['width']:.0f} px"
+        page.screenshot(path=str(tmp_path / "ui-400px.png"), full_page=True)
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
@@ -458,92 +462,88 @@ def test_browser_example_points_undo_clear_and_cancel(served, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     url, results = served
     before = set(results.iterdir()) if results.exists() else set()
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 2000})
-            page.goto(url)
-            page.locator("#examples").wait_for()
-            page.locator("#examples button.thumbnail-item").first.click()  # the first shipped example
-            page.get_by_text("Example shapes single #0").wait_for(timeout=30_000)
-            page.get_by_text("1 pair(s): 34,23>46,23").wait_for(timeout=30_000)
-            page.get_by_text("Mask: 576 px").wait_for(timeout=30_000)  # its mask is in the editor
-            # the editor's own "Clear canvas" (it removed the picture) is gone; Clear mask keeps the picture
-            trash = page.locator('#mask-editor button[aria-label="Clear canvas"]')
-            assert trash.count() == 1 and not trash.is_visible()
-            canvas = page.locator("#mask-editor canvas").first
-            before_clear = _pixels(canvas.screenshot())
-            page.locator("#clear-mask").click()
-            page.get_by_text("Mask: none painted").wait_for(timeout=30_000)
-            page.wait_for_timeout(500)
-            after_clear = _pixels(canvas.screenshot())
-            assert after_clear.std() > 20 and (after_clear > 245).all(axis=-1).mean() < 0.5  # the picture is there
-            assert np.abs(after_clear - before_clear).mean() < 25  # only the mask went
-            from gooddrag.ui.examples import shipped_examples
-            from gooddrag.ui.state import draw_overlay
+    with _chromium(sync_api) as browser:
+        page = browser.new_page(viewport={"width": 1500, "height": 2000})
+        page.goto(url)
+        page.locator("#examples").wait_for()
+        page.locator("#examples button.thumbnail-item").first.click()  # the first shipped example
+        page.get_by_text("Example shapes single #0").wait_for(timeout=30_000)
+        page.get_by_text("1 pair(s): 34,23>46,23").wait_for(timeout=30_000)
+        page.get_by_text("Mask: 576 px").wait_for(timeout=30_000)  # its mask is in the editor
+        # the editor's own "Clear canvas" (it removed the picture) is gone; Clear mask keeps the picture
+        trash = page.locator('#mask-editor button[aria-label="Clear canvas"]')
+        assert trash.count() == 1 and not trash.is_visible()
+        canvas = page.locator("#mask-editor canvas").first
+        before_clear = _pixels(canvas.screenshot())
+        page.locator("#clear-mask").click()
+        page.get_by_text("Mask: none painted").wait_for(timeout=30_000)
+        page.wait_for_timeout(500)
+        after_clear = _pixels(canvas.screenshot())
+        assert after_clear.std() > 20 and (after_clear > 245).all(axis=-1).mean() < 0.5  # the picture is there
+        assert np.abs(after_clear - before_clear).mean() < 25  # only the mask went
+        from gooddrag.ui.examples import shipped_examples
+        from gooddrag.ui.state import draw_overlay
 
-            ex = shipped_examples(repo_examples=False)[0]
-            expected = np.asarray(draw_overlay(ex.image, ex.points, 8))  # the points view without a mask
-            deadline = time.monotonic() + 20
-            while True:  # the points view is replaced after the mask summary: wait for it
-                shown = _pixels(page.request.get(page.locator("#points-image img").get_attribute("src")).body())
-                if np.array_equal(shown, expected) or time.monotonic() > deadline:
-                    break
-                page.wait_for_timeout(250)
-            assert np.array_equal(shown, expected), page.locator("#mask-info").inner_text()
+        ex = shipped_examples(repo_examples=False)[0]
+        expected = np.asarray(draw_overlay(ex.image, ex.points, 8))  # the points view without a mask
+        deadline = time.monotonic() + 20
+        while True:  # the points view is replaced after the mask summary: wait for it
+            shown = _pixels(page.request.get(page.locator("#points-image img").get_attribute("src")).body())
+            if np.array_equal(shown, expected) or time.monotonic() > deadline:
+                break
+            page.wait_for_timeout(250)
+        assert np.array_equal(shown, expected), page.locator("#mask-info").inner_text()
 
-            page.locator("#undo").click()
-            page.get_by_text("handle 1 at (34, 23); next click: its target").wait_for(timeout=30_000)
-            page.locator("#clear").click()
-            page.get_by_text("No points yet").wait_for(timeout=30_000)
-            page.locator("#run").click()
-            page.get_by_text("Cannot run: No points").wait_for(timeout=30_000)
+        page.locator("#undo").click()
+        page.get_by_text("handle 1 at (34, 23); next click: its target").wait_for(timeout=30_000)
+        page.locator("#clear").click()
+        page.get_by_text("No points yet").wait_for(timeout=30_000)
+        page.locator("#run").click()
+        page.get_by_text("Cannot run: No points").wait_for(timeout=30_000)
 
-            # one click at a time: each click replaces the points image, and a click that lands while
-            # the old image is being swapped out is not seen by the page (lost twice in full CI runs);
-            # so wait for the new image to be in place and loaded before the next click
-            img = page.locator("#points-image img")
-            old_src = img.get_attribute("src")
-            ib = img.bounding_box()
-            page.mouse.click(ib["x"] + ib["width"] * 0.5, ib["y"] + ib["height"] * 0.35)
-            page.get_by_text("next click: its target").wait_for(timeout=30_000)
-            page.wait_for_function(
-                "old => { const i = document.querySelector('#points-image img');"
-                " return i && i.getAttribute('src') !== old && i.complete && i.naturalWidth > 0; }",
-                arg=old_src, timeout=30_000)
-            ib = img.bounding_box()
-            page.mouse.click(ib["x"] + ib["width"] * 0.7, ib["y"] + ib["height"] * 0.35)
-            page.get_by_text("1 pair(s)").wait_for(timeout=30_000)
+        # one click at a time: each click replaces the points image, and a click that lands while
+        # the old image is being swapped out is not seen by the page (lost twice in full CI runs);
+        # so wait for the new image to be in place and loaded before the next click
+        img = page.locator("#points-image img")
+        old_src = img.get_attribute("src")
+        ib = img.bounding_box()
+        page.mouse.click(ib["x"] + ib["width"] * 0.5, ib["y"] + ib["height"] * 0.35)
+        page.get_by_text("next click: its target").wait_for(timeout=30_000)
+        page.wait_for_function(
+            "old => { const i = document.querySelector('#points-image img');"
+            " return i && i.getAttribute('src') !== old && i.complete && i.naturalWidth > 0; }",
+            arg=old_src, timeout=30_000)
+        ib = img.bounding_box()
+        page.mouse.click(ib["x"] + ib["width"] * 0.7, ib["y"] + ib["height"] * 0.35)
+        page.get_by_text("1 pair(s)").wait_for(timeout=30_000)
 
-            page.locator("#setting-lora_steps input").fill("2000")  # long enough to cancel
-            page.locator("#setting-lora_steps input").press("Tab")
-            page.locator("#run").click()
-            page.get_by_text("LoRA training step").first.wait_for(timeout=60_000)
+        page.locator("#setting-lora_steps input").fill("2000")  # long enough to cancel
+        page.locator("#setting-lora_steps input").press("Tab")
+        page.locator("#run").click()
+        page.get_by_text("LoRA training step").first.wait_for(timeout=60_000)
 
-            # a second user meanwhile: queued, told its place and the wait, and can leave the queue
-            other = browser.new_context(viewport={"width": 1500, "height": 2000}).new_page()
-            other.goto(url)
-            other.locator("#examples button.thumbnail-item").first.click()
-            other.get_by_text("1 pair(s): 34,23>46,23").wait_for(timeout=30_000)
-            other.locator("#run").click()
-            other.get_by_text("Queued: 1 run ahead of yours (position 2)").wait_for(timeout=30_000)
-            other.screenshot(path=str(tmp_path / "ui-queued.png"), full_page=True)
-            other.locator("#cancel").click()
-            other.get_by_text("Cancelled.").wait_for(timeout=30_000)
+        # a second user meanwhile: queued, told its place and the wait, and can leave the queue
+        other = browser.new_context(viewport={"width": 1500, "height": 2000}).new_page()
+        other.goto(url)
+        other.locator("#examples button.thumbnail-item").first.click()
+        other.get_by_text("1 pair(s): 34,23>46,23").wait_for(timeout=30_000)
+        other.locator("#run").click()
+        other.get_by_text("Queued: 1 run ahead of yours (position 2)").wait_for(timeout=30_000)
+        other.screenshot(path=str(tmp_path / "ui-queued.png"), full_page=True)
+        other.locator("#cancel").click()
+        other.get_by_text("Cancelled.").wait_for(timeout=30_000)
 
-            page.locator("#cancel").click()
-            page.get_by_text("Run cancelled.").wait_for(timeout=60_000)
-            page.screenshot(path=str(tmp_path / "ui-cancelled.png"), full_page=True)
+        page.locator("#cancel").click()
+        page.get_by_text("Run cancelled.").wait_for(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "ui-cancelled.png"), full_page=True)
 
-            # the model list holds names only; the preset follows the model; a failed load names no file
-            page.locator("#model input").click()
-            page.get_by_role("option", name="stable-diffusion-v1-5/stable-diffusion-v1-5").click()
-            page.wait_for_function("() => document.querySelector('#preset input').value === 'GoodDrag'")
-            page.locator("#run").click()
-            page.get_by_text("cannot load model stable-diffusion-v1-5/stable-diffusion-v1-5 on the server").first \
-                .wait_for(timeout=60_000)
-            status = page.locator("#status").inner_text()
-            assert "Traceback" not in status and str(tmp_path.parent) not in status and "/tmp" not in status
-        finally:
-            browser.close()
+        # the model list holds names only; the preset follows the model; a failed load names no file
+        page.locator("#model input").click()
+        page.get_by_role("option", name="stable-diffusion-v1-5/stable-diffusion-v1-5").click()
+        page.wait_for_function("() => document.querySelector('#preset input').value === 'GoodDrag'")
+        page.locator("#run").click()
+        page.get_by_text("cannot load model stable-diffusion-v1-5/stable-diffusion-v1-5 on the server").first \
+            .wait_for(timeout=60_000)
+        status = page.locator("#status").inner_text()
+        assert "Traceback" not in status and str(tmp_path.parent) not in status and "/tmp" not in status
     assert set(results.iterdir()) == before  # a cancelled run writes nothing
