@@ -108,3 +108,23 @@ def test_remove_lora_restores_the_unet_keys_included(tiny_pipe, tmp_path, fused)
     assert all(not p.requires_grad for p in tiny_pipe.unet.parameters())
     lora.remove_lora(tiny_pipe.unet)  # nothing attached: a no-op
     assert list(tiny_pipe.unet.state_dict()) == list(before)
+
+
+def test_saving_a_lora_logs_no_empty_fp32_warning(tiny_pipe, tmp_path):
+    """diffusers' save_lora_adapter warns "should be kept in float32: []" on every save
+    (its ``.to(dtype=None)``); we drop that empty-list case, so an edit stays quiet."""
+    import logging
+
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")
+    diffusers_logger.addHandler(handler)
+    lora.add_lora(tiny_pipe.unet, rank=2)
+    try:
+        lora.save_lora(tiny_pipe.unet, tmp_path / "adapter", {"test": True})
+    finally:
+        diffusers_logger.removeHandler(handler)
+        lora.remove_lora(tiny_pipe.unet)
+    assert (tmp_path / "adapter" / lora.LORA_FILE).is_file()
+    assert [r.getMessage() for r in records if "float32" in r.getMessage()] == []

@@ -120,12 +120,27 @@ def _unfuse_lora(unet) -> None:
             modules[name].get_base_layer().weight.copy_(weight)
 
 
+class _NoEmptyFp32Warning(logging.Filter):
+    """diffusers' ``save_lora_adapter`` calls ``self.to(dtype=None)``, and ``ModelMixin.to``
+    then warns that modules "should be kept in float32: []" whenever a dtype keyword is
+    present, even when the list is empty and nothing is cast. Drop only that empty case."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kept in float32: []" not in record.getMessage()
+
+
 def save_lora(unet, folder: Path, metadata: dict) -> Path:
     """Write the adapter as ``folder/pytorch_lora_weights.safetensors`` (+ ``lora.json``), atomically."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
     try:
-        unet.save_lora_adapter(tmp, adapter_name=ADAPTER_NAME, upcast_before_saving=False, weight_name=LORA_FILE)
+        quiet = _NoEmptyFp32Warning()
+        diffusers_models_logger = logging.getLogger("diffusers.models.modeling_utils")
+        diffusers_models_logger.addFilter(quiet)
+        try:
+            unet.save_lora_adapter(tmp, adapter_name=ADAPTER_NAME, upcast_before_saving=False, weight_name=LORA_FILE)
+        finally:
+            diffusers_models_logger.removeFilter(quiet)
         (tmp / "lora.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
         if folder.exists():
             shutil.rmtree(tmp)  # another process finished first: keep theirs
