@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="DragConfig override")
     ap.add_argument("--label", default=None, help="method name in the table (default: method+overrides)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", type=Path, default=None, help="a trained shapes folder (default: the shipped one)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     fields = {f.name: f for f in dataclasses.fields(DragConfig)}
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
         overrides[key] = parse_value(fields[key], value)
     label = args.label or "+".join([args.method] + [f"{k}={v}" for k, v in overrides.items()])
     torch.set_num_threads(args.threads)
-    pipe = load_shapes_pipeline()
+    pipe = load_shapes_pipeline(folder=args.model)
     cases = make_cases(args.cases, args.seed)
     rows = []
     with tempfile.TemporaryDirectory(prefix="gooddrag-bench-lora-") as cache:

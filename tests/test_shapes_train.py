@@ -77,3 +77,27 @@ def test_refuses_an_existing_folder_and_a_bad_vae_source(tmp_path):
         main(["--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--vae-from .*training.json"):
         main(["--out", str(tmp_path / "new"), "--vae-from", str(tmp_path / "nowhere")])
+
+
+def test_latent_factor_2_trains_a_2x_autoencoder_and_a_32x32_unet(tmp_path):
+    small = ["--scenes", "4", "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "2", "--unet-batch", "2",
+             "--threads", "1"]
+    out = tmp_path / "f2"
+    assert main(["--out", str(out), *small, "--latent-factor", "2"]) == 0
+    pipe = DragPipeline.from_pretrained(str(out), device="cpu", dtype="fp32")
+    with torch.no_grad():
+        latents = pipe.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
+    assert latents.shape == (1, 4, 32, 32)  # 64 px / 2, 4 channels
+    assert pipe.unet.config.sample_size == 32 and len(pipe.unet.config.block_out_channels) == 4
+    assert "2x down" in (out / "README.md").read_text()
+    # a 4x autoencoder cannot be reused under --latent-factor 2
+    f4 = tmp_path / "f4"
+    assert main(["--out", str(f4), *small]) == 0
+    with pytest.raises(SystemExit, match="4x, not --latent-factor 2"):
+        main(["--out", str(tmp_path / "mixed"), *small, "--latent-factor", "2", "--vae-from", str(f4)])
+
+
+def test_latent_factor_of_a_config():
+    from gooddrag.shapes.train import CONFIGS, latent_factor
+
+    assert {f: latent_factor(vae) for f, (vae, _) in CONFIGS.items()} == {4: 4, 2: 2}

@@ -80,6 +80,32 @@ UNET_CONFIG = dict(
     cross_attention_dim=32,
     attention_head_dim=8,
 )
+# ``--latent-factor 2`` (an experiment, issue P5): a 2x autoencoder, so an object
+# spans twice as many latent cells, and a UNet with one more level on top, at
+# 32x32, kept narrow (32 channels) so that it costs about what the 16x16 level does.
+VAE_CONFIG_F2 = dict(
+    VAE_CONFIG,
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+    block_out_channels=(32, 64),
+    latent_channels=4,
+)
+UNET_CONFIG_F2 = dict(
+    UNET_CONFIG,
+    sample_size=IMAGE_SIZE // 2,
+    in_channels=VAE_CONFIG_F2["latent_channels"],
+    out_channels=VAE_CONFIG_F2["latent_channels"],
+    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    block_out_channels=(32, 64, 96, 96),
+)
+CONFIGS = {4: (VAE_CONFIG, UNET_CONFIG), 2: (VAE_CONFIG_F2, UNET_CONFIG_F2)}
+"""Autoencoder and UNet configs by the autoencoder's downsampling factor."""
+
+
+def latent_factor(vae_config: dict) -> int:
+    """Downsampling factor of an AutoencoderKL config: 2 per down block after the first."""
+    return 2 ** (len(vae_config["down_block_types"]) - 1)
 
 
 def render_dataset(n: int, seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -98,16 +124,17 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def train_vae(data: torch.Tensor, steps: int, batch: int, crop: int, lr: float, seed: int, log_every: int):
+def train_vae(data: torch.Tensor, steps: int, batch: int, crop: int, lr: float, seed: int, log_every: int,
+              config: dict = VAE_CONFIG):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**VAE_CONFIG)
+    vae = AutoencoderKL(**config)
     # Start the posterior's log-variance channels at -10 (std 0.007): with the
     # default 0 the decoder trains on latents drowned in unit noise and learns
     # a blur; the tiny KL weight would take far longer than our budget to fix it.
     with torch.no_grad():
-        c = VAE_CONFIG["latent_channels"]
+        c = config["latent_channels"]
         vae.encoder.conv_out.weight[c:] *= 0.01
         vae.encoder.conv_out.bias[c:] = -10.0
     fixed = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:64]]
@@ -180,12 +207,12 @@ def training_target(noise_sched, x0: torch.Tensor, noise: torch.Tensor, t: torch
 
 
 def train_unet(latents, text, steps, batch, lr, seed, log_every, ema_decay=0.999, snr_gamma=0.0,
-               prediction_type="epsilon"):
+               prediction_type="epsilon", config: dict = UNET_CONFIG):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from diffusers.training_utils import EMAModel
 
     torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel(**UNET_CONFIG)
+    unet = UNet2DConditionModel(**config)
     betas = {k: SD15_SCHEDULER_CONFIG[k] for k in ("beta_start", "beta_end", "beta_schedule", "clip_sample")}
     noise_sched = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, **betas)
     ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True)
@@ -265,7 +292,8 @@ def sample_grid(vae, unet, text, scaling_factor, path: Path, n: int = 16, steps:
     sched = DDIMScheduler(**{**SD15_SCHEDULER_CONFIG, "prediction_type": prediction_type})
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, VAE_CONFIG["latent_channels"], IMAGE_SIZE // 4, IMAGE_SIZE // 4, generator=g)
+    side = unet.config.sample_size  # latent cells
+    z = torch.randn(n, unet.config.in_channels, side, side, generator=g)
     cond = text.expand(n, -1, -1)
     for t in sched.timesteps:
         z = sched.step(unet(z, t, encoder_hidden_states=cond).sample, t, z).prev_sample
@@ -308,8 +336,8 @@ random tiny CLIP; the model was trained with the empty prompt only.
 |---|---|
 | training command | `{rec['command']}` |
 | data | {rec['args']['scenes']} random scenes (seed {rec['args']['seed']}) and their mirror images |
-| autoencoder | {rec['vae_config']['block_out_channels']} channels, 4x down, {rec['vae_config']['latent_channels']} latent channels; {rec['args']['vae_steps']} steps x batch {rec['args']['vae_batch']} of 32x32 crops, AdamW {rec['args'].get('vae_lr', 2e-3):g} cosine, MSE + 1e-6 KL; reconstruction PSNR {rec['vae_recon_psnr_db']} dB; scaling_factor {rec['scaling_factor']:.4f}{vae_note} |
-| UNet | {rec['unet_config']['block_out_channels']} channels, attention at 8x8 and 4x4; {rec['args']['unet_steps']} steps x batch {rec['args']['unet_batch']}, AdamW {rec['args'].get('unet_lr', 4e-4):g} cosine, {objective}, EMA 0.999 |
+| autoencoder | {rec['vae_config']['block_out_channels']} channels, {latent_factor(rec['vae_config'])}x down, {rec['vae_config']['latent_channels']} latent channels; {rec['args']['vae_steps']} steps x batch {rec['args']['vae_batch']} of 32x32 crops, AdamW {rec['args'].get('vae_lr', 2e-3):g} cosine, MSE + 1e-6 KL; reconstruction PSNR {rec['vae_recon_psnr_db']} dB; scaling_factor {rec['scaling_factor']:.4f}{vae_note} |
+| UNet | {rec['unet_config']['block_out_channels']} channels, attention at 8x8 and 4x4, {rec['unet_config']['sample_size']}x{rec['unet_config']['sample_size']} latents; {rec['args']['unet_steps']} steps x batch {rec['args']['unet_batch']}, AdamW {rec['args'].get('unet_lr', 4e-4):g} cosine, {objective}, EMA 0.999 |
 | final losses | autoencoder {rec['final_loss']['autoencoder']:.4f}, UNet {rec['final_loss']['unet']:.4f} ({loss_kind}; means of the last 100 / 200 steps) |
 | time | render {t['render_s']} s, autoencoder {vae_time}, UNet {t['unet_s']} s{(' (' + rec['note'] + ')') if rec.get('note') else ''} |
 | device | {rec['device']}, torch {rec['torch']} |
@@ -347,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="what the UNet predicts (default: epsilon)")
     p.add_argument("--vae-from", type=Path, default=None,
                    help="reuse the autoencoder of an earlier trained folder instead of training one")
+    p.add_argument("--latent-factor", type=int, default=4, choices=sorted(CONFIGS),
+                   help="the autoencoder's downsampling factor: 4 (the shipped model) or 2 (an experiment: "
+                        "32x32 latents, a UNet with one more level) (default: 4)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = torch's default (default: 0)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -354,11 +385,15 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists():
         raise SystemExit(f"error: {out} exists; remove it or choose another --out")
     vae_record = None
+    vae_config, unet_config = CONFIGS[args.latent_factor]
     if args.vae_from is not None:
         try:
             vae_record = json.loads((args.vae_from / "training.json").read_text())
         except (OSError, ValueError) as exc:
             raise SystemExit(f"error: --vae-from {args.vae_from}: no readable training.json ({exc})")
+        if latent_factor(vae_record["vae_config"]) != args.latent_factor:
+            raise SystemExit(f"error: --vae-from {args.vae_from}: its autoencoder is "
+                             f"{latent_factor(vae_record['vae_config'])}x, not --latent-factor {args.latent_factor}")
     if args.threads:
         torch.set_num_threads(args.threads)
     timings = {}
@@ -369,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     if vae_record is None:
-        vae, vae_losses = train_vae(data, args.vae_steps, args.vae_batch, 32, args.vae_lr, args.seed, 100)
+        vae, vae_losses = train_vae(data, args.vae_steps, args.vae_batch, 32, args.vae_lr, args.seed, 100,
+                                    config=vae_config)
         timings["vae_s"] = time.perf_counter() - t0
     else:
         from diffusers import AutoencoderKL
@@ -394,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         text = base.text_encoder(ids)[0]
     t0 = time.perf_counter()
     unet, unet_losses = train_unet(latents, text, args.unet_steps, args.unet_batch, args.unet_lr, args.seed, 200,
-                                   snr_gamma=args.snr_gamma, prediction_type=args.prediction_type)
+                                   snr_gamma=args.snr_gamma, prediction_type=args.prediction_type,
+                                   config=unet_config)
     timings["unet_s"] = time.perf_counter() - t0
 
     out.mkdir(parents=True)
@@ -411,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         "vae_recon_psnr_db": round(vae_psnr, 2),
         "scaling_factor": scaling_factor,
         "final_loss": {"autoencoder": float(np.mean(vae_losses[-100:])), "unet": float(np.mean(unet_losses[-200:]))},
-        "vae_config": VAE_CONFIG,
-        "unet_config": UNET_CONFIG,
+        "vae_config": vae_config,
+        "unet_config": unet_config,
         "losses": {"autoencoder": [round(v, 6) for v in vae_losses], "unet": [round(v, 6) for v in unet_losses]},
     }
     if vae_record is not None:
