@@ -8,7 +8,7 @@ it, mutual self-attention from the first step). Rows, PSNR inside the mask
 (the case's mask plus every pixel where the reference differs from the input):
 
 (g) whole latent cells: the object's inverted latent translated by the
-    displacement rounded to whole cells (4 px), pasted over its end cells; the
+    displacement rounded to whole cells (4 px on the shipped model), pasted over its end cells; the
     cells it leaves are taken from the inversion of the reference. Reference:
     the scene rendered with the object at that rounded displacement;
 (h) sub-cell: the same with the exact displacement, the latent resampled
@@ -82,9 +82,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--cases", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", type=Path, default=None, help="a trained shapes folder (default: the shipped one)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    pipe = load_shapes_pipeline()
+    pipe = load_shapes_pipeline(folder=args.model)
     torch.set_num_threads(args.threads)
     config = get_preset("shapes-gooddrag", seed=args.seed)
     schedule = make_schedule(pipe.scheduler, config.num_inference_steps, config.inversion_steps)
