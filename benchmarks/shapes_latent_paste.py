@@ -108,16 +108,20 @@ def main(argv=None) -> int:
                 reference = compose(case.background, case.objects,
                                     {i: (cell * cx, cell * cy) for i, (cx, cy) in whole.items()})
                 z_reference = invert(reference)
-                z_g, z_h, left_g, left_h = z_input.clone(), z_input.clone(), None, None
+                z_g, z_h = z_input.clone(), z_input.clone()
+                none = torch.zeros(z_input.shape[-2:], dtype=torch.bool)
+                starts, ends_g, ends_h = none.clone(), none.clone(), none.clone()  # (h, w) unions over moved objects
                 for i, d in zip(case.moved, case.displacements):
                     obj = case.objects[i]
-                    start = cells_of(obj.coverage(case.size), cell)
                     end_g = cells_of(obj.coverage(case.size, (cell * whole[i][0], cell * whole[i][1])), cell)
                     end_h = cells_of(obj.coverage(case.size, tuple(d)), cell)
                     z_g = torch.where(end_g, torch.roll(z_input, shifts=(whole[i][1], whole[i][0]), dims=(2, 3)), z_g)
                     z_h = torch.where(end_h, translate(z_input, d[0] / cell, d[1] / cell), z_h)
-                    left_g = (start & ~end_g) if left_g is None else left_g | (start & ~end_g)
-                    left_h = (start & ~end_h) if left_h is None else left_h | (start & ~end_h)
+                    starts |= cells_of(obj.coverage(case.size), cell)
+                    ends_g |= end_g
+                    ends_h |= end_h
+                # vacated = left by some object and covered by none at its end (never over a pasted object)
+                left_g, left_h = starts & ~ends_g, starts & ~ends_h
                 edits = {
                     "g": (z_input, torch.where(left_g, z_reference, z_g), reference),
                     "h": (z_input, torch.where(left_h, z_truth, z_h), case.ground_truth),

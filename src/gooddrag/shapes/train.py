@@ -28,6 +28,10 @@ Stages (all deterministic from ``--seed``):
    package size; they load as fp32), a loss curve, a grid of DDIM samples and
    a model card.
 
+``--latent-factor 2`` (an experiment, not the shipped model) trains a 2x
+autoencoder with 4 latent channels and a UNet with one more, narrow level at
+32x32 instead (``VAE_CONFIG_F2``, ``UNET_CONFIG_F2``).
+
 ``--vae-from FOLDER`` skips stage 2 and reuses the autoencoder of an earlier
 run (its training record is carried into the new model card).
 
@@ -391,9 +395,13 @@ def main(argv: list[str] | None = None) -> int:
             vae_record = json.loads((args.vae_from / "training.json").read_text())
         except (OSError, ValueError) as exc:
             raise SystemExit(f"error: --vae-from {args.vae_from}: no readable training.json ({exc})")
-        if latent_factor(vae_record["vae_config"]) != args.latent_factor:
+        try:  # the config of the weights that will be loaded, not the record's copy
+            reused_factor = latent_factor(json.loads((args.vae_from / "vae" / "config.json").read_text()))
+        except (OSError, ValueError, KeyError) as exc:
+            raise SystemExit(f"error: --vae-from {args.vae_from}: no readable vae/config.json ({exc})")
+        if reused_factor != args.latent_factor:
             raise SystemExit(f"error: --vae-from {args.vae_from}: its autoencoder is "
-                             f"{latent_factor(vae_record['vae_config'])}x, not --latent-factor {args.latent_factor}")
+                             f"{reused_factor}x, not --latent-factor {args.latent_factor}")
     if args.threads:
         torch.set_num_threads(args.threads)
     timings = {}
