@@ -68,6 +68,7 @@ from PIL import Image  # noqa: E402
 
 from gooddrag import DragPipeline, get_preset, lora  # noqa: E402
 from gooddrag.ddim import SD15_SCHEDULER_CONFIG  # noqa: E402
+from gooddrag.geometry import vae_scale_factor  # noqa: E402
 from gooddrag.motion import track_points  # noqa: E402
 
 # --------------------------------------------------------------------------- model
@@ -400,7 +401,7 @@ def count_ops(model: str, resolution: int) -> dict[str, dict[str, int]]:
     meta = torch.device("meta")
     sd = build_sd15(meta) if model == "sd15" else build_model(model, meta, torch.float32)
     unet = sd.unet.to(torch.float16).requires_grad_(False)
-    size = resolution // 2 ** (len(sd.vae.config.block_out_channels) - 1)
+    size = resolution // vae_scale_factor(sd.vae.config)
     text = torch.zeros(1, 77, unet.config.cross_attention_dim, device=meta, dtype=torch.float16)
 
     def count() -> dict[str, int]:

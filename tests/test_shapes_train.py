@@ -97,7 +97,8 @@ def test_latent_factor_2_trains_a_2x_autoencoder_and_a_32x32_unet(tmp_path):
         main(["--out", str(tmp_path / "mixed"), *small, "--latent-factor", "2", "--vae-from", str(f4)])
 
 
-def test_latent_factor_of_a_config():
-    from gooddrag.shapes.train import CONFIGS, latent_factor
+def test_vae_scale_factor_of_each_training_config():
+    from gooddrag.geometry import vae_scale_factor
+    from gooddrag.shapes.train import CONFIGS
 
-    assert {f: latent_factor(vae) for f, (vae, _) in CONFIGS.items()} == {4: 4, 2: 2}
+    assert {f: vae_scale_factor(vae) for f, (vae, _) in CONFIGS.items()} == {4: 4, 2: 2}

@@ -73,6 +73,12 @@ def sup_grid_size(image_size: tuple[int, int], sup_res_scale: float) -> tuple[in
     return int(image_size[0] * sup_res_scale), int(image_size[1] * sup_res_scale)
 
 
+def vae_scale_factor(vae_config) -> int:
+    """Image px per latent cell of an AutoencoderKL config (a mapping with ``block_out_channels``):
+    2 per block after the first, as diffusers' pipelines compute it."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
 def unet_multiple(vae_scale_factor: int, num_down_blocks: int) -> int:
     """Image side multiple so every UNet level has an integer size: vae scale * 2^(downsamplings)."""
     return vae_scale_factor * int(math.pow(2, max(num_down_blocks - 1, 0)))

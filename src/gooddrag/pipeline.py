@@ -292,7 +292,7 @@ class DragPipeline:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return geometry.vae_scale_factor(self.vae.config)
 
     @property
     def size_multiple(self) -> int:

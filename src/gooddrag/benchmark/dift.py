@@ -29,6 +29,7 @@ from PIL import Image
 
 from ..errors import GoodDragError
 from ..features import feature_blocks
+from ..geometry import vae_scale_factor
 from ..loading import load_components, resolve_device, resolve_dtype
 from .metrics import DEFAULT_DIFT_MODEL, DIFT_ENSEMBLE, DIFT_T, DIFT_UP_FT_INDEX
 
@@ -65,7 +66,7 @@ class DiftFeaturizer:
         self.alpha_bar = float(scheduler.alphas_cumprod[t])
         self.t, self.up_ft_index, self.ensemble, self.seed = t, up_ft_index, ensemble, seed
         self.block = feature_blocks(self.unet)[up_ft_index + 1]  # [mid, up0, up1, ...]
-        self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_factor = vae_scale_factor(self.vae.config)
         self._prompts: dict[str, torch.Tensor] = {}
 
     def settings(self) -> dict:

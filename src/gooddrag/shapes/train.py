@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from ..ddim import SD15_SCHEDULER_CONFIG
+from ..geometry import vae_scale_factor
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +106,6 @@ UNET_CONFIG_F2 = dict(
 )
 CONFIGS = {4: (VAE_CONFIG, UNET_CONFIG), 2: (VAE_CONFIG_F2, UNET_CONFIG_F2)}
 """Autoencoder and UNet configs by the autoencoder's downsampling factor."""
-
-
-def latent_factor(vae_config: dict) -> int:
-    """Downsampling factor of an AutoencoderKL config: 2 per down block after the first."""
-    return 2 ** (len(vae_config["down_block_types"]) - 1)
 
 
 def render_dataset(n: int, seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -340,7 +336,7 @@ random tiny CLIP; the model was trained with the empty prompt only.
 |---|---|
 | training command | `{rec['command']}` |
 | data | {rec['args']['scenes']} random scenes (seed {rec['args']['seed']}) and their mirror images |
-| autoencoder | {rec['vae_config']['block_out_channels']} channels, {latent_factor(rec['vae_config'])}x down, {rec['vae_config']['latent_channels']} latent channels; {rec['args']['vae_steps']} steps x batch {rec['args']['vae_batch']} of 32x32 crops, AdamW {rec['args'].get('vae_lr', 2e-3):g} cosine, MSE + 1e-6 KL; reconstruction PSNR {rec['vae_recon_psnr_db']} dB; scaling_factor {rec['scaling_factor']:.4f}{vae_note} |
+| autoencoder | {rec['vae_config']['block_out_channels']} channels, {vae_scale_factor(rec['vae_config'])}x down, {rec['vae_config']['latent_channels']} latent channels; {rec['args']['vae_steps']} steps x batch {rec['args']['vae_batch']} of 32x32 crops, AdamW {rec['args'].get('vae_lr', 2e-3):g} cosine, MSE + 1e-6 KL; reconstruction PSNR {rec['vae_recon_psnr_db']} dB; scaling_factor {rec['scaling_factor']:.4f}{vae_note} |
 | UNet | {rec['unet_config']['block_out_channels']} channels, attention at 8x8 and 4x4, {rec['unet_config']['sample_size']}x{rec['unet_config']['sample_size']} latents; {rec['args']['unet_steps']} steps x batch {rec['args']['unet_batch']}, AdamW {rec['args'].get('unet_lr', 4e-4):g} cosine, {objective}, EMA 0.999 |
 | final losses | autoencoder {rec['final_loss']['autoencoder']:.4f}, UNet {rec['final_loss']['unet']:.4f} ({loss_kind}; means of the last 100 / 200 steps) |
 | time | render {t['render_s']} s, autoencoder {vae_time}, UNet {t['unet_s']} s{(' (' + rec['note'] + ')') if rec.get('note') else ''} |
@@ -396,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             raise SystemExit(f"error: --vae-from {args.vae_from}: no readable training.json ({exc})")
         try:  # the config of the weights that will be loaded, not the record's copy
-            reused_factor = latent_factor(json.loads((args.vae_from / "vae" / "config.json").read_text()))
+            reused_factor = vae_scale_factor(json.loads((args.vae_from / "vae" / "config.json").read_text()))
         except (OSError, ValueError, KeyError) as exc:
             raise SystemExit(f"error: --vae-from {args.vae_from}: no readable vae/config.json ({exc})")
         if reused_factor != args.latent_factor:
