@@ -102,3 +102,23 @@ def test_vae_scale_factor_of_each_training_config():
     from gooddrag.shapes.train import CONFIGS
 
     assert {f: vae_scale_factor(vae) for f, (vae, _) in CONFIGS.items()} == {4: 4, 2: 2}
+
+
+def test_unet_size_flags_reach_the_saved_unet_and_bad_values_are_refused(tmp_path):
+    small = ["--scenes", "4", "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "2", "--unet-batch", "2",
+             "--threads", "1"]
+    out = tmp_path / "wide"
+    assert main(["--out", str(out), *small, "--unet-channels", "32,48,48", "--unet-layers-per-block", "2"]) == 0
+    pipe = DragPipeline.from_pretrained(str(out), device="cpu", dtype="fp32")
+    assert tuple(pipe.unet.config.block_out_channels) == (32, 48, 48)
+    assert pipe.unet.config.layers_per_block == 2
+    assert "[32, 48, 48] channels, 2 layer(s) per block" in (out / "README.md").read_text()
+    with pytest.raises(SystemExit, match="give 3 values"):
+        main(["--out", str(tmp_path / "a"), *small, "--unet-channels", "32,48"])
+    with pytest.raises(SystemExit, match="40 is not a multiple of the 16"):
+        main(["--out", str(tmp_path / "b"), *small, "--unet-channels", "32,40,48"])
+    with pytest.raises(SystemExit, match="must be >= 1"):
+        main(["--out", str(tmp_path / "c"), *small, "--unet-layers-per-block", "0"])
+    with pytest.raises(SystemExit):  # argparse: not integers
+        main(["--out", str(tmp_path / "d"), *small, "--unet-channels", "wide"])
+    assert not any((tmp_path / n).exists() for n in "abcd")

@@ -337,7 +337,7 @@ random tiny CLIP; the model was trained with the empty prompt only.
 | training command | `{rec['command']}` |
 | data | {rec['args']['scenes']} random scenes (seed {rec['args']['seed']}) and their mirror images |
 | autoencoder | {rec['vae_config']['block_out_channels']} channels, {vae_scale_factor(rec['vae_config'])}x down, {rec['vae_config']['latent_channels']} latent channels; {rec['args']['vae_steps']} steps x batch {rec['args']['vae_batch']} of 32x32 crops, AdamW {rec['args'].get('vae_lr', 2e-3):g} cosine, MSE + 1e-6 KL; reconstruction PSNR {rec['vae_recon_psnr_db']} dB; scaling_factor {rec['scaling_factor']:.4f}{vae_note} |
-| UNet | {rec['unet_config']['block_out_channels']} channels, attention at 8x8 and 4x4, {rec['unet_config']['sample_size']}x{rec['unet_config']['sample_size']} latents; {rec['args']['unet_steps']} steps x batch {rec['args']['unet_batch']}, AdamW {rec['args'].get('unet_lr', 4e-4):g} cosine, {objective}, EMA 0.999 |
+| UNet | {rec['unet_config']['block_out_channels']} channels, {rec['unet_config'].get('layers_per_block', 1)} layer(s) per block, attention at 8x8 and 4x4, {rec['unet_config']['sample_size']}x{rec['unet_config']['sample_size']} latents; {rec['args']['unet_steps']} steps x batch {rec['args']['unet_batch']}, AdamW {rec['args'].get('unet_lr', 4e-4):g} cosine, {objective}, EMA 0.999 |
 | final losses | autoencoder {rec['final_loss']['autoencoder']:.4f}, UNet {rec['final_loss']['unet']:.4f} ({loss_kind}; means of the last 100 / 200 steps) |
 | time | render {t['render_s']} s, autoencoder {vae_time}, UNet {t['unet_s']} s{(' (' + rec['note'] + ')') if rec.get('note') else ''} |
 | device | {rec['device']}, torch {rec['torch']} |
@@ -355,6 +355,17 @@ be (see `vae_recon_psnr_db`); the model has seen no other kind of image.
     path = folder / "README.md"
     path.write_text(card)
     return path
+
+
+def _channels(text: str) -> tuple[int, ...]:
+    """argparse type of ``--unet-channels``: "96,128,128" -> (96, 128, 128)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: channels must be positive")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,6 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latent-factor", type=int, default=4, choices=sorted(CONFIGS),
                    help="the autoencoder's downsampling factor: 4 (the shipped model) or 2 (an experiment: "
                         "32x32 latents, a UNet with one more level) (default: 4)")
+    p.add_argument("--unet-channels", type=_channels, default=None,
+                   help="the UNet's block_out_channels, comma-separated, one per level (default: the "
+                        "config's, 64,96,96 for --latent-factor 4)")
+    p.add_argument("--unet-layers-per-block", type=int, default=None,
+                   help="the UNet's layers_per_block (default: the config's, 1)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = torch's default (default: 0)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -386,6 +402,20 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {out} exists; remove it or choose another --out")
     vae_record = None
     vae_config, unet_config = CONFIGS[args.latent_factor]
+    if args.unet_channels is not None:
+        levels = len(unet_config["block_out_channels"])
+        if len(args.unet_channels) != levels:
+            raise SystemExit(f"error: --unet-channels {','.join(map(str, args.unet_channels))}: "
+                             f"give {levels} values, one per UNet level")
+        bad = [c for c in args.unet_channels if c % unet_config["norm_num_groups"]]
+        if bad:
+            raise SystemExit(f"error: --unet-channels: {bad[0]} is not a multiple of the "
+                             f"{unet_config['norm_num_groups']} normalisation groups")
+        unet_config = dict(unet_config, block_out_channels=tuple(args.unet_channels))
+    if args.unet_layers_per_block is not None:
+        if args.unet_layers_per_block < 1:
+            raise SystemExit(f"error: --unet-layers-per-block {args.unet_layers_per_block}: must be >= 1")
+        unet_config = dict(unet_config, layers_per_block=args.unet_layers_per_block)
     if args.vae_from is not None:
         try:
             vae_record = json.loads((args.vae_from / "training.json").read_text())
