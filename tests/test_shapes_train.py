@@ -12,6 +12,11 @@ from gooddrag.pipeline import DragPipeline
 from gooddrag.shapes.train import loss_weights, main, training_target
 
 
+SMALL = ["--scenes", "4", "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "2", "--unet-batch", "2",
+         "--threads", "1"]
+"""A few-step training run: seconds on a CPU."""
+
+
 @pytest.fixture
 def noise_sched():
     betas = {k: SD15_SCHEDULER_CONFIG[k] for k in ("beta_start", "beta_end", "beta_schedule", "clip_sample")}
@@ -46,12 +51,10 @@ def test_training_targets_by_hand(noise_sched):
 
 
 def test_few_step_training_runs_saves_and_reuses_its_autoencoder(tmp_path):
-    small = ["--scenes", "4", "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "2", "--unet-batch", "2",
-             "--threads", "1"]
     first = tmp_path / "first"
-    assert main(["--out", str(first), *small]) == 0
+    assert main(["--out", str(first), *SMALL]) == 0
     second = tmp_path / "second"
-    assert main(["--out", str(second), *small, "--vae-steps", "1", "--vae-from", str(first), "--snr-gamma", "5",
+    assert main(["--out", str(second), *SMALL, "--vae-steps", "1", "--vae-from", str(first), "--snr-gamma", "5",
                  "--prediction-type", "v_prediction"]) == 0
     rec = json.loads((second / "training.json").read_text())
     assert rec["vae_from"]["folder"] == str(first)
@@ -80,10 +83,8 @@ def test_refuses_an_existing_folder_and_a_bad_vae_source(tmp_path):
 
 
 def test_latent_factor_2_trains_a_2x_autoencoder_and_a_32x32_unet(tmp_path):
-    small = ["--scenes", "4", "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "2", "--unet-batch", "2",
-             "--threads", "1"]
     out = tmp_path / "f2"
-    assert main(["--out", str(out), *small, "--latent-factor", "2"]) == 0
+    assert main(["--out", str(out), *SMALL, "--latent-factor", "2"]) == 0
     pipe = DragPipeline.from_pretrained(str(out), device="cpu", dtype="fp32")
     with torch.no_grad():
         latents = pipe.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
@@ -92,9 +93,9 @@ def test_latent_factor_2_trains_a_2x_autoencoder_and_a_32x32_unet(tmp_path):
     assert "2x down" in (out / "README.md").read_text()
     # a 4x autoencoder cannot be reused under --latent-factor 2
     f4 = tmp_path / "f4"
-    assert main(["--out", str(f4), *small]) == 0
+    assert main(["--out", str(f4), *SMALL]) == 0
     with pytest.raises(SystemExit, match="4x, not --latent-factor 2"):
-        main(["--out", str(tmp_path / "mixed"), *small, "--latent-factor", "2", "--vae-from", str(f4)])
+        main(["--out", str(tmp_path / "mixed"), *SMALL, "--latent-factor", "2", "--vae-from", str(f4)])
 
 
 def test_vae_scale_factor_of_each_training_config():
@@ -105,20 +106,18 @@ def test_vae_scale_factor_of_each_training_config():
 
 
 def test_unet_size_flags_reach_the_saved_unet_and_bad_values_are_refused(tmp_path):
-    small = ["--scenes", "4", "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "2", "--unet-batch", "2",
-             "--threads", "1"]
     out = tmp_path / "wide"
-    assert main(["--out", str(out), *small, "--unet-channels", "32,48,48", "--unet-layers-per-block", "2"]) == 0
+    assert main(["--out", str(out), *SMALL, "--unet-channels", "32,48,48", "--unet-layers-per-block", "2"]) == 0
     pipe = DragPipeline.from_pretrained(str(out), device="cpu", dtype="fp32")
     assert tuple(pipe.unet.config.block_out_channels) == (32, 48, 48)
     assert pipe.unet.config.layers_per_block == 2
     assert "[32, 48, 48] channels, 2 layer(s) per block" in (out / "README.md").read_text()
     with pytest.raises(SystemExit, match="give 3 values"):
-        main(["--out", str(tmp_path / "a"), *small, "--unet-channels", "32,48"])
+        main(["--out", str(tmp_path / "a"), *SMALL, "--unet-channels", "32,48"])
     with pytest.raises(SystemExit, match="40 is not a multiple of the 16"):
-        main(["--out", str(tmp_path / "b"), *small, "--unet-channels", "32,40,48"])
+        main(["--out", str(tmp_path / "b"), *SMALL, "--unet-channels", "32,40,48"])
     with pytest.raises(SystemExit, match="must be >= 1"):
-        main(["--out", str(tmp_path / "c"), *small, "--unet-layers-per-block", "0"])
+        main(["--out", str(tmp_path / "c"), *SMALL, "--unet-layers-per-block", "0"])
     with pytest.raises(SystemExit):  # argparse: not integers
-        main(["--out", str(tmp_path / "d"), *small, "--unet-channels", "wide"])
+        main(["--out", str(tmp_path / "d"), *SMALL, "--unet-channels", "wide"])
     assert not any((tmp_path / n).exists() for n in "abcd")
