@@ -35,8 +35,8 @@ import torch
 from PIL import Image
 
 from gooddrag.shapes.bench import edit_case, load_shapes_pipeline
-from gooddrag.shapes.metrics import PSNR_CAP, find_object, psnr
-from gooddrag.shapes.scenes import compose, make_cases
+from gooddrag.shapes.metrics import PSNR_CAP, find_object, placed_oracle, psnr
+from gooddrag.shapes.scenes import make_cases
 
 NO_DRAG = {"stop_distance": 1e6}
 """Every pair is "done" from the start: the start tracking stops the drag before any step."""
@@ -53,24 +53,6 @@ def end_footprint(case) -> np.ndarray:
     for i, d in zip(case.moved, case.displacements):
         out |= case.objects[i].coverage(case.size, tuple(d)) > 0
     return out
-
-
-def placed_oracle(drag_image: np.ndarray, case, extra=None) -> np.ndarray | None:
-    """The ground truth with each moved object shifted on by the drag's position error
-    (centroid found in ``drag_image`` minus centroid in the ground truth, x/y px), or
-    by ``extra`` (dx, dy) px when given; None if the drag lost a moved object."""
-    shifts = {}
-    for i, d in zip(case.moved, case.displacements):
-        if extra is None:
-            ref, _ = find_object(case.ground_truth, case, i)
-            found, _ = find_object(drag_image, case, i)
-            if found is None or ref is None:
-                return None
-            err = found - ref
-        else:
-            err = np.asarray(extra, dtype=np.float64)
-        shifts[i] = (float(d[0] + err[0]), float(d[1] + err[1]))
-    return compose(case.background, case.objects, shifts)
 
 
 def error_along_and_across(drag_image: np.ndarray, case) -> list[list[float]]:

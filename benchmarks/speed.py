@@ -69,7 +69,6 @@ from PIL import Image  # noqa: E402
 from gooddrag import DragPipeline, get_preset, lora  # noqa: E402
 from gooddrag.ddim import SD15_SCHEDULER_CONFIG  # noqa: E402
 from gooddrag.geometry import vae_scale_factor  # noqa: E402
-from gooddrag.motion import track_points  # noqa: E402
 
 # --------------------------------------------------------------------------- model
 # Stable Diffusion 1.5's published configs (unet/, vae/, text_encoder/ config.json).
@@ -261,8 +260,8 @@ class ReferencePipeline(MeasuredPipeline):
         loss.item()  # the authors read (print) the loss every step
         return loss
 
-    def _track(self, features, ref_vectors, handles, r2):
-        return track_points(features.cpu(), ref_vectors.cpu(), handles.cpu(), r2=r2).to(handles.device)
+    def _track(self, features, ref_vectors, handles, config):
+        return super()._track(features.cpu(), ref_vectors.cpu(), handles.cpu(), config).to(handles.device)
 
 
 PATHS = ("default", "reference", "low_memory")
@@ -321,6 +320,7 @@ def run_path(path: str, args, device: torch.device, dtype: torch.dtype) -> tuple
         "peak_bytes": None,
         "stats": dataclasses.asdict(res.stats),
         "lora_source": res.lora.get("source"),
+        "handle_points": np.asarray(res.handle_points).round(3).tolist(),  # final handles, (x, y) input px
     }
     if cuda:
         pipe._flush_peak()

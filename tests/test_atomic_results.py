@@ -70,8 +70,22 @@ def test_an_interrupted_write_is_not_a_result(tmp_path, tiny_model_dir, monkeypa
     assert (out / "animals/cat_1/run.json").stat().st_mtime_ns == finished  # not redone
     assert set(outputs.RESULT_FILES) <= {p.name for p in (out / INTERRUPTED).iterdir()}  # redone, complete
     assert [r.rel for r in E.find_results(out)] == SAMPLES[:1] + [INTERRUPTED]
+    assert not list(out.glob(f".{INTERRUPTED}.tmp-*"))  # the killed writer's leftover went once the result was whole
 
     assert main(["bench", "eval", str(out), "--metrics", "dai", "--no-progress"]) == 0
     with open(out / "eval" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["sample"] for r in rows) == sorted(SAMPLES)  # the leftover temporary folder is not scored
+    assert sorted(r["sample"] for r in rows) == sorted(SAMPLES)
+
+
+def test_only_partials_of_finished_results_are_removed(tmp_path):
+    done = tmp_path / "a" / "s_1"
+    done.mkdir(parents=True)
+    (done / "run.json").write_text("{}")
+    stale = tmp_path / "a" / ".s_1.tmp-x1"  # a killed writer's, since rewritten in full
+    running = tmp_path / "a" / ".s_2.tmp-x2"  # s_2 not finished: its writer may be running
+    for folder in (stale, running):
+        folder.mkdir()
+        (folder / "edited.png").write_bytes(b"")
+    assert outputs.remove_stale_partials(tmp_path) == [stale]
+    assert not stale.exists() and running.is_dir() and (done / "run.json").is_file()

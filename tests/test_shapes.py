@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from gooddrag.shapes.metrics import (
-    COLOUR_THRESHOLD, case_metrics, find_object, l1, position_error, psnr, relative_error, summarize,
+    COLOUR_THRESHOLD, case_metrics, find_object, l1, placed_oracle, position_error, psnr, relative_error, shape_psnr,
+    summarize,
 )
 from gooddrag.shapes.scenes import (
     CASE_KINDS, MIN_COLOUR_DISTANCE, DragCase, ShapeObject, compose, dilate, make_case, make_cases,
@@ -323,6 +324,28 @@ def test_lost_object_is_inf():
     c = make_case(1)
     m = case_metrics(c.background, c)  # everything painted over with the background
     assert m["position_error"] == math.inf and m["n_lost"] == 1 and not m["success"]
+    assert math.isnan(m["shape_psnr"]) and placed_oracle(c.background, c) is None
+
+
+def test_shape_psnr_takes_the_position_out():
+    """A perfect object in the wrong place: PSNR in the mask sees the miss, shape PSNR does not
+    (the oracle re-renders the scene with the object where the result has it, exactly this image);
+    the input (object not moved) has a perfect shape too. A damaged object costs shape PSNR."""
+    for seed in range(10):
+        c = make_case(seed, 64, "single")
+        i, d = c.moved[0], c.displacements[0]
+        off = compose(c.background, c.objects, {i: (int(d[0]) + 1, int(d[1]))})  # 1 px too far in x
+        if position_error(off, c)[0] != pytest.approx(1.0, abs=1e-9):
+            continue  # the moved object's segmentation clipped by the mask: not this case
+        assert math.isfinite(psnr(off, c.ground_truth, c.mask))
+        assert shape_psnr(off, c) == math.inf and shape_psnr(c.ground_truth, c) == math.inf
+        assert np.array_equal(placed_oracle(off, c), off)
+        torn = off.copy()
+        ys, xs = np.nonzero(c.objects[i].coverage(64, (int(d[0]) + 1, int(d[1]))) >= 1.0)
+        torn[ys[::2], xs[::2]] = c.background[ys[::2], xs[::2]]  # every other object pixel gone
+        assert math.isfinite(shape_psnr(torn, c))
+        return
+    pytest.fail("no case fitted")
 
 
 def test_psnr_and_l1_by_hand():

@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "scores each method by where the moved object really ended up.")
     shapes.add_argument("--cases", type=int, default=50, help="number of cases (default: %(default)s)")
     shapes.add_argument("--seed", type=int, default=0, help="seed the cases are drawn from (default: %(default)s)")
-    shapes.add_argument("--method", default=",".join(("gooddrag", "dragdiffusion", "identity")),
-                        help="comma-separated methods: gooddrag, dragdiffusion, identity (default: %(default)s)")
+    shapes.add_argument("--method", default=",".join(("gooddrag", "gooddrag-plus", "dragdiffusion", "identity")),
+                        help="comma-separated methods: gooddrag, gooddrag-plus, dragdiffusion, identity "
+                             "(default: %(default)s)")
     shapes.add_argument("--out", default="results/bench-shapes", help="output folder (default: %(default)s)")
     shapes.add_argument("--overwrite", action="store_true", help="replace an existing output folder (default: refuse)")
     shapes.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
@@ -236,7 +237,8 @@ def cmd_demo(args) -> int:
     print(f"{args.method}: object moved to {scores['position_error']:.2f} px from its true place "
           f"({scores['relative_error']:.0%} of the {dist:.1f} px drag; success = under "
           f"{success_threshold(case.size):g} px: {'yes' if scores['success'] else 'no'}); "
-          f"PSNR vs ground truth in mask {scores['psnr_in_mask']:.1f} dB, vs input outside it "
+          f"PSNR vs ground truth in mask {scores['psnr_in_mask']:.1f} dB (shape PSNR "
+          f"{scores['shape_psnr']:.1f} dB), vs input outside it "
           f"{scores['psnr_outside_mask']:.1f} dB; {seconds:.1f} s")
     return 0
 

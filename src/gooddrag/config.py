@@ -19,7 +19,9 @@ from typing import Any
 
 from .errors import GoodDragError
 
-METHODS = ("gooddrag", "dragdiffusion")
+METHODS = ("gooddrag", "dragdiffusion", "gooddrag-plus")
+"""``gooddrag`` and ``dragdiffusion`` do what their authors' code does; ``gooddrag-plus`` is
+GoodDrag with our options below (docs/method.md, "GoodDrag+")."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,8 @@ class DragConfig:
     """All settings of one drag run. Build with :func:`get_preset` and ``dataclasses.replace``."""
 
     method: str = "gooddrag"
-    """``"gooddrag"`` (AIDD + information-preserving loss) or ``"dragdiffusion"`` (one timestep)."""
+    """``"gooddrag"`` (AIDD + information-preserving loss), ``"dragdiffusion"`` (one timestep) or
+    ``"gooddrag-plus"`` (GoodDrag with the options of the "GoodDrag+" section on)."""
 
     # --- working resolution -------------------------------------------------
     resolution: int = 512
@@ -113,8 +116,21 @@ class DragConfig:
     """Denoising steps, counted from where mutual self-attention would start, before it is switched
     on (MasaCtrl's ``start_step``; 0 in both authors' codes)."""
 
+    # --- GoodDrag+ (ours, docs/method.md "GoodDrag+"; off in the faithful presets) ----
+    latent_warp: bool = False
+    """Before the drag, move the masked region of the inverted latent along the drag field by
+    whole latent cells (:mod:`gooddrag.warp`), and start the handles where it took them; AIDD
+    then corrects the rest. Needs a mask that leaves some of the image unchanged (skipped, with a
+    log line, without one). Not in either authors' code."""
+    warp_fill: str = "neighbours"
+    """What the cells the warp leaves behind get: ``keep``, ``neighbours`` or ``noise``
+    (:data:`gooddrag.warp.FILLS`); chosen on the shapes benchmark's tuning seeds (docs/benchmarks.md)."""
+    subpixel_tracking: bool = False
+    """Refine each tracked handle to a fraction of a cell (:mod:`gooddrag.tracking`), so the stop
+    rule and the final handles are not whole cells. Not in either authors' code."""
+
     seed: int = 42
-    """Seed of the LoRA's noise and timesteps (the drag itself is deterministic)."""
+    """Seed of the LoRA's noise and timesteps, and of the warp's ``noise`` fill (the drag itself is deterministic)."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -141,6 +157,9 @@ class DragConfig:
             "mutual_attention_start_layer": self.mutual_attention_start_layer >= 0,
             "mutual_attention_start_step": self.mutual_attention_start_step >= 0,
         }
+        from .warp import FILLS
+
+        checks["warp_fill"] = self.warp_fill in FILLS
         for name, ok in checks.items():
             if not ok:
                 raise GoodDragError(f"invalid setting {name}={getattr(self, name)!r}")
@@ -227,6 +246,13 @@ _SHAPES_SPATIAL = dict(resolution=64, sup_res_scale=1.0, feature_block=2, mutual
                        stop_distance=1.0)
 PRESETS["shapes-gooddrag"] = dataclasses.replace(PRESETS["gooddrag"], max_track_no_change=10, **_SHAPES_SPATIAL)
 PRESETS["shapes-dragdiffusion"] = dataclasses.replace(PRESETS["dragdiffusion"], **_SHAPES_SPATIAL)
+
+# GoodDrag+ (ours): each faithful GoodDrag preset with the options of docs/method.md's "GoodDrag+"
+# on; the values were chosen on the shapes benchmark's tuning seeds 100 and 200 (docs/benchmarks.md,
+# "GoodDrag+"), never on the reported seeds 0 and 1.
+PLUS_OPTIONS = dict(method="gooddrag-plus", latent_warp=True, warp_fill="neighbours", subpixel_tracking=True)
+PRESETS["gooddrag-plus"] = dataclasses.replace(PRESETS["gooddrag"], **PLUS_OPTIONS)
+PRESETS["shapes-gooddrag-plus"] = dataclasses.replace(PRESETS["shapes-gooddrag"], **PLUS_OPTIONS)
 
 from .sdxl import register_sdxl_presets  # noqa: E402
 

@@ -150,6 +150,20 @@ def write_result_folder(
     return out
 
 
+def remove_stale_partials(out: str | Path) -> list[Path]:
+    """Remove the half-written ``.NAME.tmp-*`` folders under ``out`` (recursively) whose ``NAME``
+    folder exists beside them: a process killed while writing NAME left them, and NAME was written
+    in full since (by a retry). A partial whose result does not exist yet is kept: its writer may
+    still be running. Returns the removed paths."""
+    removed = []
+    for tmp in sorted(Path(out).rglob(".*.tmp-*")):
+        name = tmp.name[1:].rsplit(".tmp-", 1)[0]
+        if tmp.is_dir() and (tmp.parent / name / "run.json").is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 def run_record(
     *, result, config, seed: int | None, inputs: dict[str, Any], model: dict[str, Any], argv: list[str] | None = None
 ) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import backbone, geometry, lora, models, sdxl
+from . import backbone, geometry, lora, models, sdxl, warp
 from .attention import mutual_self_attention
 from .config import PRESETS, DragConfig
 from .ddim import DDIMSchedule, ddim_step, make_schedule
@@ -46,6 +46,7 @@ from .motion import (
     sample_patches,
     track_points,
 )
+from .tracking import track_points_subpixel
 
 logger = logging.getLogger(__name__)
 
@@ -524,8 +525,11 @@ class DragPipeline:
                     ))
             mark = clock.add("drag", mark)  # the reference trajectory is drag work
 
-            state = _DragState(handles=handle_init.clone())
-            z = src = latents
+            # GoodDrag+ (ours): the masked region moved by whole latent cells before the drag
+            z, start = warp.warp_for_drag(latents, inputs.handle_points, inputs.target_points, inputs.mask,
+                                          inputs.sup_size, config) if config.latent_warp else (latents, handle_init)
+            state = _DragState(handles=start.clone())
+            src = latents
             n_steps = len(schedule)
             mutual_from: int | None = None  # step at which mutual self-attention would start
             bar_drag = tqdm(total=n_drag * config.track_per_step, desc="drag", disable=not progress, leave=False)
@@ -608,8 +612,8 @@ class DragPipeline:
         check = True  # the stop rules must be tested before the next optimiser step
 
         def track(features: torch.Tensor, kind: str) -> None:
-            new = self._track(features.detach(), ref.vectors, state.handles, config.r2)
-            moved = (new != state.handles).any()
+            new = self._track(features.detach(), ref.vectors, state.handles, config)
+            moved = (new.round() != state.handles.round()).any()  # a whole cell (sub-cell tracking moves by less)
             reached = (~active_pairs(new, targets, config.stop_distance)).all()
             state.handles = new
             stats.tracking_steps += 1
@@ -682,9 +686,12 @@ class DragPipeline:
             r1=config.r1, beta=config.beta, stop_distance=config.stop_distance,
         )
 
-    def _track(self, features: torch.Tensor, ref_vectors: torch.Tensor, handles: torch.Tensor, r2: int) -> torch.Tensor:
-        """Point tracking on the device (benchmarks/speed.py's reference path overrides it to track on the CPU)."""
-        return track_points(features, ref_vectors, handles, r2=r2)
+    def _track(self, features: torch.Tensor, ref_vectors: torch.Tensor, handles: torch.Tensor,
+               config: DragConfig) -> torch.Tensor:
+        """Point tracking on the device, whole cells or (GoodDrag+) sub-cell (benchmarks/speed.py's
+        reference path overrides it to track on the CPU)."""
+        track = track_points_subpixel if config.subpixel_tracking else track_points
+        return track(features, ref_vectors, handles, r2=config.r2)
 
     def _sync(self) -> None:
         """Wait for the device at phase boundaries, so wall-clock timings are true (never in inner loops)."""

@@ -73,6 +73,8 @@ SDXL_PRESET_BASE: dict[str, str] = {
     "dragdiffusion-sdxl": "dragdiffusion",
     "gooddrag-sdxl-768": "gooddrag",
     "dragdiffusion-sdxl-768": "dragdiffusion",
+    "gooddrag-plus-sdxl": "gooddrag-plus",
+    "gooddrag-plus-sdxl-768": "gooddrag-plus",
 }
 """The SD preset (in :data:`gooddrag.config.PRESETS`) each SDXL preset starts from."""
 
@@ -81,6 +83,8 @@ SDXL_PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     "dragdiffusion-sdxl": dict(resolution=SDXL_RESOLUTION, **_SPATIAL),
     "gooddrag-sdxl-768": dict(resolution=SDXL_LIGHT_RESOLUTION, **_SPATIAL),
     "dragdiffusion-sdxl-768": dict(resolution=SDXL_LIGHT_RESOLUTION, **_SPATIAL),
+    "gooddrag-plus-sdxl": dict(resolution=SDXL_RESOLUTION, **_SPATIAL),
+    "gooddrag-plus-sdxl-768": dict(resolution=SDXL_LIGHT_RESOLUTION, **_SPATIAL),
 }
 """DragConfig overrides applied to ``SDXL_PRESET_BASE[name]``; register with :func:`register_sdxl_presets`."""
 
@@ -88,7 +92,7 @@ SDXL_PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
 def register_sdxl_presets(presets: dict) -> None:
     """Add the SDXL presets to a preset registry (``gooddrag.config.PRESETS``) in place.
 
-    ``presets`` must already hold the base presets ``gooddrag`` and ``dragdiffusion``.
+    ``presets`` must already hold the base presets ``gooddrag``, ``dragdiffusion`` and ``gooddrag-plus``.
     """
     import dataclasses
 

@@ -18,8 +18,25 @@ from PIL import Image
 from gooddrag import get_preset
 from gooddrag.attention import self_attention_layer_names
 
-TOLERANCE = 1e-5
-"""Golden values must match to float noise: absolute and relative tolerance."""
+GOLDEN_TOLERANCES = {
+    # spread.json (4 kernel sets): largest difference between two of them; in brackets the largest
+    # seen when ATEN_CPU_CAPABILITY alone was capped (MKL and oneDNN left at AVX-512), 2026-12-03
+    "tiny.json": {
+        "latent_corner": 5e-5,  # spread 2.5e-6 (gooddrag), 1.8e-6 (dragdiffusion) [4.6e-6]
+        "latent_sum": 3e-4,  # spread 8.4e-6, 4.6e-6 (of 14.2 and 22.7) [3.0e-5]
+        "latent_abs_sum": 5e-4,  # spread 2.4e-5, 2.4e-5 (of 127.9 and 66.1) [5.5e-5]
+    },
+    "shapes.json": {  # a 150-step drag amplifies the kernels' rounding; no tracking decision flips
+        "latent_corner": 0.05,  # spread 0.0062 (values up to 0.8) [0.0083]
+        "latent_sum": 5.0,  # spread 0.27 (of 583) [0.75]
+        "latent_abs_sum": 6.0,  # spread 0.34 (of 1648) [1.02]
+    },
+}
+"""Absolute tolerance of each stored float, per golden file, at least ``MIN_SPREAD_MARGIN`` times
+the spread measured across kernel sets (``python -m tests.golden.regenerate --spread``; a test
+checks the margin against tests/golden/spread.json). The counts, stop reason and final handles
+came out the same under every kernel set and are compared exactly."""
+MIN_SPREAD_MARGIN = 5.0
 
 # ------------------------------------------------------------------ tiny model
 # The random tiny SD-shaped model of tests/conftest.py, the 96x80 test image, one

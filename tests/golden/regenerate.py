@@ -11,6 +11,13 @@ Writes, next to this file:
   so after a change to the engine look at this file's diff and move the bounds if the change is meant.
 
 Runs on one torch thread, like the tests (about 40 s on 2 CPU cores).
+
+    python -m tests.golden.regenerate --spread  # then also re-measure spread.json
+
+``--spread`` runs the same cases once more under every kernel set of ``tests/golden/kernels.py``
+(each in a child process) and writes ``spread.json``: for every stored number, the largest
+difference between two kernel sets, and whether every count, name and handle came out the same.
+The tolerances in ``tests/golden/cases.py`` are set from it (tests/golden/README.md).
 """
 
 from __future__ import annotations
@@ -40,12 +47,27 @@ def _made_with() -> dict:
     return {"command": "python -m tests.golden.regenerate", "git_head": commit or None, **versions}
 
 
+OUT = HERE
+
+
 def _write(name: str, data: dict) -> None:
-    (HERE / name).write_text(json.dumps(data, indent=1) + "\n")
-    print(f"wrote {HERE / name}")
+    (OUT / name).write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {OUT / name}")
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    global OUT
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=HERE, help="folder to write the JSON files to (default: tests/golden)")
+    p.add_argument("--spread", action="store_true",
+                   help="also run under every kernel set of tests/golden/kernels.py and write spread.json")
+    args = p.parse_args(argv)
+    OUT = args.out
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.spread:
+        _write_spread()
     torch.set_num_threads(1)  # as tests/conftest.py does
     from gooddrag import DragPipeline
     from gooddrag.shapes.bench import load_shapes_pipeline
@@ -75,6 +97,43 @@ def main() -> int:
         _write("shapes.json", {"made_with": _made_with(), "run": "/".join(cases.SHAPES_GOLDEN)} | golden)
         _write("behaviour.json", {"made_with": _made_with()} | measured)
     return 0
+
+
+def _write_spread() -> None:
+    """Run the cases under every kernel set (child processes, one at a time) and write spread.json."""
+    from tests.golden.kernels import PROFILES
+
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="gooddrag-spread-") as tmp:
+        for name, env in PROFILES.items():
+            folder = Path(tmp) / name
+            print(f"kernel set {name}: {env or '(as the CPU allows)'}", flush=True)
+            subprocess.run([sys.executable, "-m", "tests.golden.regenerate", "--out", str(folder)], check=True,
+                           cwd=HERE.parents[1], env=dict(os.environ, **env), stdout=subprocess.DEVNULL)
+            runs[name] = {f: json.loads((folder / f).read_text()) for f in ("tiny.json", "shapes.json", "behaviour.json")}
+    spread = {"made_with": _made_with() | {"command": "python -m tests.golden.regenerate --spread"},
+              "kernel_sets": PROFILES}
+    for f in ("tiny.json", "shapes.json", "behaviour.json"):
+        spread[f] = spread_of([runs[name][f] for name in PROFILES])
+    _write("spread.json", spread)
+
+
+def spread_of(values: list):
+    """For float leaves (and float lists, flattened): the largest |a - b| over the runs; for
+    anything else (counts, names, handle lists compared whole): "same" or "differs"."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: spread_of([v[k] for v in values]) for k in first if k != "made_with"}
+    flat = [_flatten(v) for v in values]
+    if all(isinstance(x, float) for x in flat[0]) and flat[0]:
+        return max(abs(a - b) for f in flat for g in flat for a, b in zip(f, g))
+    return "same" if all(f == flat[0] for f in flat) else "differs"
+
+
+def _flatten(v) -> list:
+    if isinstance(v, list):
+        return [x for item in v for x in _flatten(item)]
+    return [v]
 
 
 if __name__ == "__main__":

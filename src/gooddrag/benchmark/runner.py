@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -43,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GoodDragError
+
+logger = logging.getLogger(__name__)
 
 SAMPLE_MARKERS = ("original.jpg", "mask.png", "points.json", "original_image.png", "meta_data.pkl")
 MANIFEST = "manifest.json"
@@ -418,8 +421,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_run(args, say) -> int:
     """``gooddrag bench run``: exit 0 when every selected sample has a result, 1 when some failed.
     ``say`` receives the one-line report (the CLI passes ``print``)."""
+    from ..outputs import remove_stale_partials
+
     counts = run_on_ray(args) if getattr(args, "ray", None) else run_benchmark(args)
     out = Path(args.out)
+    # A process killed mid-write (a Ray worker, an earlier run) leaves a half-written folder
+    # beside the sample's result; once that result is written in full, the leftover goes.
+    for stale in remove_stale_partials(out):
+        logger.info("removed %s, left by a killed writer", stale)
     failed = counts["failed"] + counts.get("lost", 0)
     lost = f" ({counts['lost']} lost with their Ray workers)" if counts.get("lost") else ""
     say(f"{counts['selected']} sample(s) selected: {counts['done']} edited, {counts['skipped']} already done, "

@@ -31,7 +31,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .scenes import DragCase
+from .scenes import DragCase, compose
 
 COLOUR_THRESHOLD = 60.0
 LOST_FRACTION = 0.25
@@ -92,6 +92,34 @@ def l1(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     return math.nan if x.size == 0 else float(np.mean(np.abs(x - y)))
 
 
+def placed_oracle(result: np.ndarray, case: DragCase, extra=None) -> np.ndarray | None:
+    """The ground truth re-rendered with each moved object where ``result`` put it: shifted on by
+    the result's position error (segmented centroid in ``result`` minus that in the ground truth,
+    sub-pixel, :meth:`ShapeObject.coverage`), or by ``extra`` = (dx, dy) px when given. None when
+    ``result`` lost a moved object. (H, W, 3) uint8."""
+    shifts = {}
+    for i, d in zip(case.moved, case.displacements):
+        if extra is None:
+            ref, _ = find_object(case.ground_truth, case, i)
+            found, _ = find_object(result, case, i)
+            if found is None or ref is None:
+                return None
+            err = found - ref
+        else:
+            err = np.asarray(extra, dtype=np.float64)
+        shifts[i] = (float(d[0] + err[0]), float(d[1] + err[1]))
+    return compose(case.background, case.objects, shifts)
+
+
+def shape_psnr(result: np.ndarray, case: DragCase) -> float:
+    """**Shape PSNR** (dB): ``result`` against :func:`placed_oracle` (the exact scene with every
+    moved object where ``result`` put it), inside the case's mask. Position is taken out, so this
+    scores the objects' shape, colour and the uncovered background only; nan when an object is
+    lost (its position is undefined; ``n_lost`` counts it)."""
+    oracle = placed_oracle(result, case)
+    return math.nan if oracle is None else psnr(result, oracle, case.mask)
+
+
 def success_threshold(size: int) -> float:
     """Default success radius in px (see module docstring)."""
     return max(2.0, 0.05 * size)
@@ -101,7 +129,8 @@ def case_metrics(result: np.ndarray, case: DragCase, success_threshold_px: float
     """Scores of one result: ``position_error`` / ``relative_error`` (means over the
     moved objects; inf if one is lost), ``n_lost``, ``success`` (every moved object
     within the threshold), ``psnr_in_mask`` / ``l1_in_mask`` (vs the ground truth
-    inside the mask) and ``psnr_outside_mask`` (vs the input outside it)."""
+    inside the mask), ``shape_psnr`` (:func:`shape_psnr`) and ``psnr_outside_mask`` (vs the input
+    outside it)."""
     thr = success_threshold(case.size) if success_threshold_px is None else float(success_threshold_px)
     err = position_error(result, case)
     rel = err / np.linalg.norm(case.displacements, axis=1)
@@ -112,6 +141,7 @@ def case_metrics(result: np.ndarray, case: DragCase, success_threshold_px: float
         "success": bool(np.all(err < thr)),
         "psnr_in_mask": psnr(result, case.ground_truth, case.mask),
         "l1_in_mask": l1(result, case.ground_truth, case.mask),
+        "shape_psnr": shape_psnr(result, case),
         "psnr_outside_mask": psnr(result, case.image, ~case.mask),
     }
 
@@ -145,6 +175,7 @@ def summarize(rows) -> dict:
             "success_rate": float(np.mean([bool(r["success"]) for r in rs])),
             "mean_psnr_in_mask": mean("psnr_in_mask", PSNR_CAP),
             "mean_psnr_outside_mask": mean("psnr_outside_mask", PSNR_CAP),
+            "mean_shape_psnr": mean("shape_psnr", PSNR_CAP) if any("shape_psnr" in r for r in rs) else math.nan,
             "mean_l1_in_mask": mean("l1_in_mask"),
         }
         if any("seconds" in r for r in rs):

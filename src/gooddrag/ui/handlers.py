@@ -312,7 +312,7 @@ class Handlers:
                  progress=gr.Progress()):
         """Drag edit. image: image file; mask: image file, white = may change (optional);
         points: "x,y>x,y; ..." handle>target pairs in image pixels; prompt: text; preset:
-        gooddrag, dragdiffusion, shapes-gooddrag or shapes-dragdiffusion (default: the
+        gooddrag, dragdiffusion, gooddrag-plus or their shapes- presets (default: the
         model's); settings: JSON object of setting overrides, e.g. {"lora_steps": 20};
         model: one of the names the server offers (default: the server's).
         Returns the edited image (input size) and the result folder as a zip. While the

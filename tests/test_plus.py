@@ -1,0 +1,100 @@
+"""GoodDrag+ (method ``gooddrag-plus``) end to end on the tiny SD and SDXL models, and its presets.
+
+The behaviour checks on the shipped shapes-64 model (each part of GoodDrag+ removed in turn) are in
+tests/test_behaviour.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from gooddrag import get_preset
+from gooddrag.config import PRESETS
+from gooddrag.warp import warp_for_drag
+from tests.helpers import POINTS, make_image, make_mask, tiny_config
+from tests.test_sdxl import tiny_sdxl_dir  # noqa: F401 - the tiny SDXL model fixture
+
+
+def test_every_faithful_preset_has_the_plus_options_off_and_plus_has_them_on():
+    for name, config in PRESETS.items():
+        plus = config.method == "gooddrag-plus"
+        assert config.latent_warp is plus and config.subpixel_tracking is plus, name
+    for base in ("gooddrag", "shapes-gooddrag", "gooddrag-sdxl", "gooddrag-sdxl-768"):
+        plus = PRESETS[base.replace("gooddrag", "gooddrag-plus", 1)]
+        # the same method otherwise: only the GoodDrag+ fields differ
+        differ = {f.name for f in dataclasses.fields(plus) if getattr(plus, f.name) != getattr(PRESETS[base], f.name)}
+        assert differ <= {"method", "latent_warp", "warp_fill", "subpixel_tracking"}, (base, differ)
+
+
+def test_a_bad_fill_is_refused_by_name():
+    with pytest.raises(Exception, match="warp_fill='smear'"):
+        get_preset("gooddrag-plus", warp_fill="smear")
+
+
+def test_the_warp_starts_the_handles_whole_latent_cells_along_the_drag(tiny_pipe):
+    """96x80 image at 128 px working size: 128x128 working image (sides snap to the UNet's 64 px
+    multiple), 16x16 latent, 64x64 supervision grid (4 cells per latent cell). Handle x 38 and
+    target x 60 land on supervision columns 25 and 40: 15 cells = 3.75 latent cells, rounded to
+    4 whole cells: the handle starts 16 supervision cells further."""
+    cfg = tiny_config("gooddrag-plus")
+    inputs = tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], make_mask(), cfg)
+    assert inputs.latent_size == (16, 16) and inputs.sup_size == (64, 64)
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    warped, start = warp_for_drag(latents, inputs.handle_points, inputs.target_points, inputs.mask,
+                                  inputs.sup_size, cfg)
+    assert (start - inputs.handle_points).tolist() == [[0.0, 16.0]]
+    outside = inputs.mask == 0
+    assert torch.equal(warped[outside.expand_as(warped)], latents[outside.expand_as(latents)])
+    assert not torch.equal(warped, latents)
+
+
+def test_no_mask_no_warp(tiny_pipe, caplog):
+    cfg = tiny_config("gooddrag-plus")
+    inputs = tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], None, cfg)
+    latents = torch.randn(1, 4, *inputs.latent_size)
+    with caplog.at_level(logging.INFO, logger="gooddrag.warp"):
+        warped, start = warp_for_drag(latents, inputs.handle_points, inputs.target_points, inputs.mask,
+                                      inputs.sup_size, cfg)
+    assert warped is latents and torch.equal(start, inputs.handle_points)
+    assert "latent_warp skipped" in caplog.text
+
+
+def _edit(pipe, config, size=(96, 80)):
+    events = []
+    res = pipe(make_image(*size), [POINTS[0]], [POINTS[1]], mask=make_mask(*size), config=config, progress=False,
+               callback=lambda e: events.append(e) if e.phase == "drag" else None)
+    return res, events
+
+
+@pytest.mark.parametrize("size", [(96, 80), (160, 64)])  # 16x16 and 16x8 latent cells
+def test_gooddrag_plus_end_to_end_on_the_tiny_sd_model(tiny_pipe, size):
+    plus, events = _edit(tiny_pipe, tiny_config("gooddrag-plus", lora_steps=0), size)
+    faithful, _ = _edit(tiny_pipe, tiny_config("gooddrag", lora_steps=0), size)
+    assert plus.config.method == "gooddrag-plus" and plus.image.size == size
+    assert plus.stats.drag_steps > 0 and events and events[0].tracking == "start"
+    # the start tracking searched the r2 window around the warped handle, not the user's
+    cfg = plus.config
+    inputs = tiny_pipe.check_inputs(make_image(*size), [POINTS[0]], [POINTS[1]], make_mask(*size), cfg)
+    _, start = warp_for_drag(torch.zeros(1, 4, *inputs.latent_size), inputs.handle_points, inputs.target_points,
+                             inputs.mask, inputs.sup_size, cfg)
+    assert start[0, 1] > inputs.handle_points[0, 1] + cfg.r2  # the warp moved it past the user's window
+    first = torch.as_tensor(tiny_pipe._grid_to_input(start, inputs))
+    px_per_cell = size[0] / inputs.sup_size[1]
+    assert abs(events[0].handle_points[0][0] - float(first[0, 0])) <= cfg.r2 * px_per_cell + 1e-6
+    assert not np.array_equal(np.asarray(plus.image), np.asarray(faithful.image))
+
+
+def test_gooddrag_plus_end_to_end_on_the_tiny_sdxl_model(tiny_sdxl_dir):
+    from gooddrag import DragPipeline
+    from tests.test_sdxl import _tiny_sdxl_config
+
+    pipe = DragPipeline.from_pretrained(str(tiny_sdxl_dir), device="cpu")
+    assert pipe.default_config("gooddrag-plus") == PRESETS["gooddrag-plus-sdxl"]
+    res, events = _edit(pipe, _tiny_sdxl_config("gooddrag-plus"))
+    assert res.config.latent_warp and res.stats.drag_steps > 0 and max(res.working_size) == 128
+    assert events[0].handle_points[0][0] > POINTS[0][0] + 5  # started along the drag
