@@ -88,6 +88,44 @@ def test_mutual_self_attention_changes_the_result(shapes_runs):
     assert cases.mean_abs_difference(on, off) > MIN_MUTUAL_ATTENTION_DIFFERENCE
 
 
+# ---------------------------------------------------------------- GoodDrag+
+# Each part of shapes-gooddrag-plus removed in turn must show (measured values: behaviour.json).
+MIN_PLUS_SHAPE_GAIN_DB = {"single-0": PLUS_SHAPE_GAIN_SINGLE, "multi_point-3": PLUS_SHAPE_GAIN_MULTI}
+MAX_PLUS_STEP_FRACTION = 0.5
+"""GoodDrag+'s optimiser steps / GoodDrag's: the warp does most of the move (measured PLUS_STEPS)."""
+MIN_FILL_GAIN_DB = FILL_GAIN
+"""PSNR in the mask with the vacated cells filled minus with them kept (the object's remnant)."""
+
+
+@pytest.mark.parametrize("name", sorted(MAX_RELATIVE_ERROR))
+def test_gooddrag_plus_keeps_the_shape_with_the_warp(shapes_runs, name):
+    """Without the warp GoodDrag+ is GoodDrag with sub-pixel tracking: many more steps, a torn shape."""
+    faithful, f = shapes_runs(name, "gooddrag")
+    plus, p = shapes_runs(name, "plus")
+    assert plus.result.config.latent_warp and plus.result.lora["source"] == "cache"
+    assert p["relative_error"] < MAX_RELATIVE_ERROR[name] and p["psnr_outside_mask"] > MIN_PSNR_OUTSIDE_MASK[name]
+    assert p["shape_psnr"] - f["shape_psnr"] > MIN_PLUS_SHAPE_GAIN_DB[name], (p, f)
+    assert p["drag_steps"] <= MAX_PLUS_STEP_FRACTION * f["drag_steps"], (p, f)
+
+
+@pytest.mark.parametrize("name", sorted(MAX_RELATIVE_ERROR))
+def test_gooddrag_plus_fills_what_the_warp_leaves_behind(shapes_runs, name):
+    _, filled = shapes_runs(name, "plus")
+    _, kept = shapes_runs(name, "plus_keep")
+    assert filled["psnr_in_mask"] - kept["psnr_in_mask"] > MIN_FILL_GAIN_DB, (filled, kept)
+
+
+def test_gooddrag_plus_tracks_to_a_fraction_of_a_cell(shapes_runs):
+    """Sub-pixel tracking: the final handles are not whole supervision cells (1 px here), and
+    within the stop distance of their targets."""
+    for name in MAX_RELATIVE_ERROR:
+        run, _ = shapes_runs(name, "plus")
+        handles = np.asarray(run.result.handle_points)
+        assert not np.allclose(handles, np.round(handles)), handles
+        dist = np.linalg.norm(handles - np.asarray(run.result.target_points), axis=1)
+        assert run.result.stats.stop_reason == "reached" and np.all(dist < run.result.config.stop_distance), dist
+
+
 def test_shapes_golden(shapes_runs):
     """The shapes-64 run's drag counts, stop reason and final handles exactly, its latent corner and
     sums within the spread of kernel sets (tests/golden/shapes.json, cases.GOLDEN_TOLERANCES)."""

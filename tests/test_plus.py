@@ -28,7 +28,10 @@ def test_every_faithful_preset_has_the_plus_options_off_and_plus_has_them_on():
         plus = PRESETS[base.replace("gooddrag", "gooddrag-plus", 1)]
         # the same method otherwise: only the GoodDrag+ fields differ
         differ = {f.name for f in dataclasses.fields(plus) if getattr(plus, f.name) != getattr(PRESETS[base], f.name)}
-        assert differ <= {"method", "latent_warp", "warp_fill", "subpixel_tracking"}, (base, differ)
+        allowed = {"method", "latent_warp", "warp_fill", "subpixel_tracking"}
+        if base == "shapes-gooddrag":  # tuned there with sub-pixel tracking (config.py)
+            allowed.add("stop_distance")
+        assert differ <= allowed, (base, differ)
 
 
 def test_a_bad_fill_is_refused_by_name():

@@ -490,9 +490,25 @@ def test_load_sample_neither_layout(tmp_path):
     with pytest.raises(GoodDragError) as err:
         load_sample(folder)
     assert one_line(err) == (
-        f"{str(folder)!r} is not a sample folder: expected Drag100 (original.jpg, mask.png, points.json) "
-        "or DragBench (original_image.png, meta_data.pkl)"
+        f"{str(folder)!r} is not a sample folder: expected Drag100 (original.jpg, mask.png, points.json), "
+        "DragBench (original_image.png, meta_data.pkl) or a web UI example (image.png, mask.png, points.json)"
     )
+
+
+def test_the_web_ui_examples_open_as_samples():
+    """``gooddrag edit src/gooddrag/assets/examples/shapes-single-0`` reads what the UI shows."""
+    from gooddrag.ui.examples import shipped_examples, shipped_examples_dir
+
+    examples = {e.name: e for e in shipped_examples(repo_examples=False)}
+    for folder in sorted(shipped_examples_dir().iterdir()):
+        if not (folder / "points.json").is_file():
+            continue
+        sample = load_sample(folder)
+        meta = json.loads((folder / "points.json").read_text())
+        ui = examples[meta["name"]]
+        assert sample.layout == "example" and np.array_equal(np.asarray(sample.image), np.asarray(ui.image))
+        assert np.array_equal(sample.mask, ui.mask)
+        assert np.array_equal(np.stack([sample.handle_points, sample.target_points], 1).reshape(-1, 2), ui.points)
 
 
 def test_load_sample_missing_folder(tmp_path):

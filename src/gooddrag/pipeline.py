@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from . import backbone, geometry, lora, models, sdxl, warp
 from .attention import mutual_self_attention
+from .clock import PhaseClock
 from .config import PRESETS, DragConfig
 from .ddim import DDIMSchedule, ddim_step, make_schedule
 from .errors import GoodDragError
@@ -163,38 +164,6 @@ class PreparedInputs:
     handle_points: torch.Tensor  # (N, 2) (row, col) supervision cells
     target_points: torch.Tensor  # (N, 2) (row, col) supervision cells
     mask: torch.Tensor  # (1, 1, h_lat, w_lat) float, 1 = editable
-
-
-class _PhaseClock:
-    """Seconds per phase without waiting for the device inside loops: on CUDA,
-    events recorded on the stream and read once at the end (one sync); elsewhere
-    ``perf_counter`` (the CPU runs synchronously)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.cuda = device.type == "cuda"
-        self.spans: list[tuple[str, Any, Any]] = []
-
-    def now(self):
-        if not self.cuda:
-            return time.perf_counter()
-        event = torch.cuda.Event(enable_timing=True)
-        event.record(torch.cuda.current_stream(self.device))
-        return event
-
-    def add(self, phase: str, start):
-        """Count the time from ``start`` (a :meth:`now`) to now towards ``phase``; returns now."""
-        end = self.now()
-        self.spans.append((phase, start, end))
-        return end
-
-    def seconds(self) -> dict[str, float]:
-        if self.cuda and self.spans:
-            self.spans[-1][2].synchronize()
-        out: dict[str, float] = {}
-        for phase, a, b in self.spans:
-            out[phase] = out.get(phase, 0.0) + (a.elapsed_time(b) / 1000 if self.cuda else b - a)
-        return out
 
 
 class DragPipeline:
@@ -502,7 +471,7 @@ class DragPipeline:
         trajectory: list[torch.Tensor] = []
         offsets = patch_offsets(config.r1, self.device)  # ((2 r1 + 1)^2, 2)
         one = torch.ones((), device=self.device)  # alpha_prod of a clean latent (x0 previews), already on the device
-        clock = _PhaseClock(self.device)
+        clock = PhaseClock(self.device)
         mark = clock.now()
 
         with FeatureHook(self.unet, config.feature_block) as hook:

@@ -7,6 +7,9 @@ Two benchmark layouts are read:
   ``points.json`` = ``{"points": [[x, y] handle, [x, y] target, ...]}``;
 - DragBench (DragDiffusion): ``original_image.png`` and ``meta_data.pkl`` =
   ``{"prompt": str, "points": [[x, y], ...] alternating, "mask": (H, W) 0/1}``.
+
+A third, the web UI's example folders (``gooddrag/assets/examples/*``), is Drag100's with
+``image.png`` for the picture, so ``gooddrag edit`` opens them too.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 DRAG100_FILES = ("original.jpg", "mask.png", "points.json")
 DRAGBENCH_FILES = ("original_image.png", "meta_data.pkl")
+EXAMPLE_FILES = ("image.png", "mask.png", "points.json")
 
 
 @dataclass
@@ -136,11 +140,13 @@ def split_point_list(points, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sample_layout(folder: Path) -> str | None:
-    """``"drag100"``, ``"dragbench"`` or None, from the files present."""
+    """``"drag100"``, ``"dragbench"``, ``"example"`` (the web UI's) or None, from the files present."""
     if all((folder / f).is_file() for f in DRAGBENCH_FILES):
         return "dragbench"
     if (folder / "original.jpg").is_file() and (folder / "points.json").is_file():
         return "drag100"
+    if (folder / "image.png").is_file() and (folder / "points.json").is_file():
+        return "example"
     return None
 
 
@@ -169,8 +175,8 @@ def load_sample(folder: str | Path) -> Sample:
     if not folder.is_dir():
         raise GoodDragError(f"sample folder {str(folder)!r}: no such folder")
     layout = sample_layout(folder)
-    if layout == "drag100":
-        image_path, mask_path, points_path = (folder / f for f in DRAG100_FILES)
+    if layout in ("drag100", "example"):
+        image_path, mask_path, points_path = (folder / f for f in (DRAG100_FILES if layout == "drag100" else EXAMPLE_FILES))
         image = load_image(image_path)
         try:
             meta = json.loads(points_path.read_text())
@@ -200,6 +206,6 @@ def load_sample(folder: str | Path) -> Sample:
         prompt = str(meta.get("prompt", "") or "")
         return Sample(image, handles, targets, mask, prompt, folder.name, layout, {"image": image_path, "meta": meta_path})
     raise GoodDragError(
-        f"{str(folder)!r} is not a sample folder: expected Drag100 ({', '.join(DRAG100_FILES)}) "
-        f"or DragBench ({', '.join(DRAGBENCH_FILES)})"
+        f"{str(folder)!r} is not a sample folder: expected Drag100 ({', '.join(DRAG100_FILES)}), "
+        f"DragBench ({', '.join(DRAGBENCH_FILES)}) or a web UI example ({', '.join(EXAMPLE_FILES)})"
     )

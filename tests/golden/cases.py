@@ -52,7 +52,9 @@ TINY_RUNS = {
 # preset as shipped (LoRA 70 steps x 4), LoRA seed 0.
 SHAPES_CASES = {"single-0": (0, "single"), "multi_point-3": (3, "multi_point")}
 SHAPES_RUNS = (("single-0", "gooddrag"), ("single-0", "lam0"), ("single-0", "no_mutual"),
-               ("multi_point-3", "gooddrag"), ("multi_point-3", "lam0"))
+               ("multi_point-3", "gooddrag"), ("multi_point-3", "lam0"),
+               ("single-0", "plus"), ("single-0", "plus_keep"), ("multi_point-3", "plus"),
+               ("multi_point-3", "plus_keep"))
 """(case, variant) pairs the behaviour tests run; variants: see :func:`shapes_config`."""
 SHAPES_GOLDEN = ("single-0", "gooddrag")
 """The shapes-64 run whose latent corner and handles are stored in shapes.json."""
@@ -109,6 +111,10 @@ def shapes_case(name: str):
 
 
 def shapes_config(pipe, variant: str):
+    """``gooddrag`` (the faithful preset), ``lam0``, ``no_mutual``; ``plus`` (shapes-gooddrag-plus)
+    and ``plus_keep`` (its warp leaving the vacated cells as they were)."""
+    if variant.startswith("plus"):
+        return get_preset("shapes-gooddrag-plus", seed=0, **({"warp_fill": "keep"} if variant == "plus_keep" else {}))
     overrides = {
         "gooddrag": {},
         "lam0": {"lam": 0.0},  # no background term
@@ -129,7 +135,8 @@ def shapes_scores(run: Run, case) -> dict:
 
     m = case_metrics(np.asarray(run.result.image.convert("RGB")), case)
     return {"relative_error": m["relative_error"], "psnr_outside_mask": m["psnr_outside_mask"],
-            "psnr_in_mask": m["psnr_in_mask"]}
+            "psnr_in_mask": m["psnr_in_mask"], "shape_psnr": m["shape_psnr"],
+            "drag_steps": run.result.stats.drag_steps}
 
 
 def mean_abs_difference(a: Run, b: Run) -> float:
