@@ -101,3 +101,14 @@ def test_gooddrag_plus_end_to_end_on_the_tiny_sdxl_model(tiny_sdxl_dir):
     res, events = _edit(pipe, _tiny_sdxl_config("gooddrag-plus"))
     assert res.config.latent_warp and res.stats.drag_steps > 0 and max(res.working_size) == 128
     assert events[0].handle_points[0][0] > POINTS[0][0] + 5  # started along the drag
+
+
+def test_the_cli_and_the_ui_offer_the_plus_options():
+    from gooddrag.options import METHOD_SETTINGS, parse_fill
+    from gooddrag.warp import FILLS
+
+    flags = {name: flag for flag, name, _, _ in METHOD_SETTINGS}
+    assert {"latent_warp", "warp_fill", "subpixel_tracking", "stop_distance"} <= set(flags)
+    assert tuple(parse_fill.choices) == FILLS
+    with pytest.raises(Exception, match="expected one of keep, neighbours, noise, got 'smear'"):
+        parse_fill("smear")

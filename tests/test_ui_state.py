@@ -207,3 +207,28 @@ def test_mask_overlay_keeps_the_colours_under_it():
     np.testing.assert_array_equal(out[~marks], disp[~marks])
     assert (out[marks] == state.MASK_OUTLINE).all()
 
+
+
+def test_shortfall_message_names_each_handle_short_of_its_target():
+    """64x64 input at 64 px working size, sup_res_scale 1: 1 px per supervision cell; stop 1 cell."""
+    import dataclasses as dc
+
+    from PIL import Image
+
+    from gooddrag import get_preset
+    from gooddrag.pipeline import DragResult, DragStats
+
+    def result(final, reason, method="shapes-gooddrag"):
+        return DragResult(image=Image.new("RGB", (64, 64)), handle_points=np.asarray(final, float),
+                          initial_handle_points=np.asarray([[34.0, 23.0], [10.0, 10.0]]),
+                          target_points=np.asarray([[46.0, 23.0], [20.0, 10.0]]), config=get_preset(method),
+                          timings={}, stats=dc.replace(DragStats(), stop_reason=reason), working_size=(64, 64),
+                          lora={})
+
+    assert state.shortfall_message(result([[45.5, 23.0], [20.0, 10.0]], "reached")) == ""
+    msg = state.shortfall_message(result([[36.0, 23.0], [20.0, 10.0]], "no_change"))
+    assert msg == ("handle 1 stopped 10.0 px short of its target: the tracking stalled. To get closer, try "
+                   "another seed, more drag steps (track per step), or the GoodDrag+ method.")
+    plus = state.shortfall_message(result([[36.0, 23.0], [12.0, 10.0]], "budget", "shapes-gooddrag-plus"))
+    assert plus.startswith("handle 1 stopped 10.0 px short of its target; handle 2 stopped 8.0 px short")
+    assert "the drag steps ran out" in plus and "GoodDrag+" not in plus

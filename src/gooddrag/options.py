@@ -26,6 +26,19 @@ def parse_bool(text: str) -> bool:
 
 parse_bool.__name__ = "true/false"  # argparse names the type in its error message
 
+
+def parse_fill(text: str) -> str:
+    """One of :data:`gooddrag.warp.FILLS` (the web UI shows ``choices`` as a list)."""
+    from .warp import FILLS
+
+    if text not in FILLS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(FILLS)}, got {text!r}")
+    return text
+
+
+parse_fill.__name__ = "fill"
+parse_fill.choices = ("keep", "neighbours", "noise")  # gooddrag.warp.FILLS (a test checks they agree)
+
 # (flag, DragConfig field, type, one-line help). Defaults are the chosen
 # method's preset; --help prints both presets' values.
 METHOD_SETTINGS = [
@@ -56,6 +69,12 @@ METHOD_SETTINGS = [
      "the round's last forward pass (the authors')"),
     ("--mutual-attention-while-dragging", "mutual_attention_while_dragging", parse_bool,
      "true/false: mutual self-attention also in the drag timesteps' denoising steps"),
+    ("--stop-distance", "stop_distance", float, "a handle closer than this to its target is done (supervision cells)"),
+    ("--latent-warp", "latent_warp", parse_bool,
+     "true/false: GoodDrag+ (ours): move the masked region of the latent along the drag before it"),
+    ("--warp-fill", "warp_fill", parse_fill, "keep, neighbours or noise: what the latent warp leaves behind gets"),
+    ("--subpixel-tracking", "subpixel_tracking", parse_bool,
+     "true/false: GoodDrag+ (ours): track the handles to a fraction of a cell"),
 ]
 
 
@@ -94,7 +113,8 @@ def add_input_options(p: argparse.ArgumentParser, points: bool = True) -> None:
 def add_method_options(p: argparse.ArgumentParser, lora_file: bool = True) -> None:
     g = p.add_argument_group("method settings (default: the --method preset's value)")
     g.add_argument("--method", default=None, choices=list(METHODS),
-                   help="gooddrag (AIDD + information-preserving loss) or the dragdiffusion baseline "
+                   help="gooddrag (AIDD + information-preserving loss), the dragdiffusion baseline, or "
+                        "gooddrag-plus (ours: GoodDrag with a latent warp and sub-pixel tracking) "
                         "(default: the preset's, else gooddrag)")
     g.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="named settings; shapes-* are for the shipped shapes-64 model, *-sdxl for SDXL models "

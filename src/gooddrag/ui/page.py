@@ -142,6 +142,9 @@ def _input_section(page, examples: list[Example]) -> None:
 
 def _number(name: str, typ, value, info: str):
     label = {"lam": "lambda"}.get(name, name).replace("_", " ")
+    if getattr(typ, "choices", None):  # a setting with named values (warp fill)
+        return gr.Dropdown(choices=list(typ.choices), value=value, label=label, info=info,
+                           elem_id=f"setting-{name}", min_width=150)
     return gr.Number(value=value, label=label, info=info, precision=0 if typ is int else None,
                      elem_id=f"setting-{name}", min_width=150)
 

@@ -26,7 +26,7 @@ from .engine import EditOutput, Engine, RunCancelled
 from .handlers import message, session_of
 from .progress import status_html, wait_text
 from .state import display_scale, draw_overlay, interleave_points, make_config, mask_from_editor, run_problem, \
-    to_display
+    shortfall_message, to_display
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +174,9 @@ class PageRuns:
         text = (f"Done in {r.timings['total']:.1f} s: result {out.folder.name} "
                 f"(handle-to-target distance after the drag: {dist} px; stop: {r.stats.stop_reason}; "
                 f"LoRA: {r.lora.get('source')}).")
+        short = shortfall_message(r)
+        if short:
+            text += " " + short[0].upper() + short[1:]
         return (status_html(text, 1.0, kind="done"), with_points if show_final_points else plain,
                 (to_display(image, s), plain), self.engine.display_gif(out.folder, s),
                 gr.update(value=self.engine.served_copy(out.zip_path), interactive=True), result,

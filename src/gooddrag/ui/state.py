@@ -391,3 +391,24 @@ def interleave_points(handles: np.ndarray, targets: np.ndarray) -> list[list[flo
         out += [h, t]
     return out
 
+
+
+def shortfall_message(result) -> str:
+    """Words for the status when a run ended short of a target (``result``: a DragResult), or ""
+    when every handle is within its stop distance. The stop distance is the config's, in
+    supervision cells, converted to input pixels."""
+    config = result.config
+    (H, W), (h, w) = (result.image.height, result.image.width), result.working_size
+    px_per_cell = max(W / (w * config.sup_res_scale), H / (h * config.sup_res_scale))
+    limit = max(config.stop_distance, 1.0) * px_per_cell
+    dist = np.linalg.norm(np.asarray(result.handle_points) - np.asarray(result.target_points), axis=1)
+    short = [(i, d) for i, d in enumerate(dist, 1) if d > limit]
+    if not short:
+        return ""
+    why = {"no_change": "the tracking stalled", "budget": "the drag steps ran out"}.get(
+        result.stats.stop_reason, "the drag stopped")
+    which = "; ".join(f"handle {i} stopped {d:.1f} px short of its target" for i, d in short)
+    tips = "try another seed, more drag steps (track per step)"
+    if config.method != "gooddrag-plus":
+        tips += ", or the GoodDrag+ method"
+    return f"{which}: {why}. To get closer, {tips}."
