@@ -1,6 +1,6 @@
 """``-m slow``: the shapes benchmark as a regression test (5-11 min on one CPU thread, idle to loaded machine).
 
-Runs ``gooddrag bench shapes --cases 10 --seed 0 --method gooddrag,dragdiffusion,identity`` on the
+Runs ``gooddrag bench shapes --cases 10 --seed 0 --method gooddrag,gooddrag-plus,dragdiffusion,identity`` on the
 shipped shapes-64 model and compares each method's summary with the numbers in the block below,
 within the margins below. A change of the engine that moves them on purpose must update the block
 (and docs/benchmarks.md, which publishes the 50-case run of the same command) in the same commit.
@@ -23,11 +23,15 @@ BENCH = dict(cases=10, seed=0)
 EXPECTED = {
     "gooddrag": {"median_relative_error": 0.1252, "success_rate": 0.9, "mean_psnr_outside_mask": 33.50},
     "dragdiffusion": {"median_relative_error": 0.8277, "success_rate": 0.0, "mean_psnr_outside_mask": 35.27},
+    # the first 10 cases of the 50-case run of 2026-12-03 (docs/benchmarks.md, "GoodDrag+"), presets as in 03c8ca4
+    "gooddrag-plus": {"median_relative_error": 0.0750, "success_rate": 0.9, "mean_psnr_outside_mask": 34.15,
+                      "mean_shape_psnr": 20.45},
 }
 MARGIN = {
     "median_relative_error": 0.08,  # of the drag distance (the 10 cases' drags are 6-16 px)
     "success_rate": 0.21,  # two cases of ten either way
     "mean_psnr_outside_mask": 1.5,  # dB
+    "mean_shape_psnr": 1.5,  # dB
 }
 # ============================================================================================================
 
@@ -36,7 +40,7 @@ MARGIN = {
 def test_shapes_benchmark_matches_the_published_numbers(tmp_path, capsys):
     out = tmp_path / "bench"
     assert main(["bench", "shapes", "--cases", str(BENCH["cases"]), "--seed", str(BENCH["seed"]),
-                 "--method", "gooddrag,dragdiffusion,identity", "--out", str(out), "--no-progress"]) == 0
+                 "--method", "gooddrag,gooddrag-plus,dragdiffusion,identity", "--out", str(out), "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     # doing nothing scores the whole distance and a perfect outside (sanity of the scorer)
     assert summary["identity"]["median_relative_error"] == pytest.approx(1.0, abs=0.05)
@@ -48,5 +52,6 @@ def test_shapes_benchmark_matches_the_published_numbers(tmp_path, capsys):
                 off.append(f"{method} {key}: {got:.4f}, expected {want:.4f} +- {MARGIN[key]}")
     assert not off, ("shapes benchmark moved (update the EXPECTED block of tests/test_slow_benchmark.py and "
                      "docs/benchmarks.md if that is meant):\n" + "\n".join(off) + "\n" + (out / "results.md").read_text())
-    # GoodDrag must stay clearly better than the baseline at moving the object
+    # GoodDrag must stay clearly better than the baseline at moving the object, GoodDrag+ at keeping its shape
     assert summary["gooddrag"]["median_relative_error"] < summary["dragdiffusion"]["median_relative_error"]
+    assert summary["gooddrag-plus"]["mean_shape_psnr"] > summary["gooddrag"]["mean_shape_psnr"] + 2.0
