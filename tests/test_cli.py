@@ -299,7 +299,7 @@ def test_edit_help_lists_every_option(edit_help):
     helps = _help_by_option(edit_help)
     missing = [opt for opt in EDIT_OPTIONS if opt not in helps]
     assert missing == []
-    assert "(default: gooddrag 512, dragdiffusion 512)" in helps["--resolution"]
+    assert "(default: gooddrag 512, dragdiffusion 512, gooddrag-plus 512)" in helps["--resolution"]
 
 
 @pytest.mark.parametrize(

@@ -359,7 +359,8 @@ def test_sdxl_presets_are_the_sd_presets_translated(sdxl_meta_unet):
     presets = dict(PRESETS)
     register_sdxl_presets(presets)
     assert set(SDXL_PRESET_OVERRIDES) == set(SDXL_PRESET_BASE) == {
-        "gooddrag-sdxl", "dragdiffusion-sdxl", "gooddrag-sdxl-768", "dragdiffusion-sdxl-768"}
+        "gooddrag-sdxl", "dragdiffusion-sdxl", "gooddrag-sdxl-768", "dragdiffusion-sdxl-768",
+        "gooddrag-plus-sdxl", "gooddrag-plus-sdxl-768"}
     for name, base_name in SDXL_PRESET_BASE.items():
         cfg, base = presets[name], presets[base_name]
         assert cfg.method == base.method
@@ -515,7 +516,8 @@ def test_every_entry_point_picks_the_sdxl_preset_for_an_sdxl_model(tiny_sdxl_dir
         "resolution", "lora_steps", "lora_rank", "lora_lr", "lora_batch_size", "num_inference_steps",
         "inversion_strength", "drag_end_step", "track_per_step", "max_drag_per_track", "max_track_no_change",
         "drag_loss_threshold", "r1", "r2", "beta", "lam", "feature_block", "mutual_attention_start_layer",
-        "track_at_timestep_start", "track_on_fresh_features", "mutual_attention_while_dragging")})
+        "track_at_timestep_start", "track_on_fresh_features", "mutual_attention_while_dragging",
+        "stop_distance", "latent_warp", "warp_fill", "subpixel_tracking")})
     from gooddrag.options import config_from_args
 
     # before loading (edit, lora, bench run): read from the model's configs
