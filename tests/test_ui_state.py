@@ -232,3 +232,13 @@ def test_shortfall_message_names_each_handle_short_of_its_target():
     plus = state.shortfall_message(result([[36.0, 23.0], [12.0, 10.0]], "budget", "shapes-gooddrag-plus"))
     assert plus.startswith("handle 1 stopped 10.0 px short of its target; handle 2 stopped 8.0 px short")
     assert "the drag steps ran out" in plus and "GoodDrag+" not in plus
+
+
+def test_a_handle_that_stopped_short_gets_an_orange_line_to_its_target():
+    img = Image.new("RGB", (64, 64), (40, 40, 40))
+    points = [[10.0, 30.0], [50.0, 30.0]]
+    short = state.draw_overlay(img, points, 4, final_points=np.asarray([[20.0, 30.0]]), shortfall_px=1.0)
+    there = state.draw_overlay(img, points, 4, final_points=np.asarray([[49.5, 30.0]]), shortfall_px=1.0)
+    # halfway between the final handle (x 20) and the target (x 50), on the arrow's row: display (35*4, 30*4)
+    assert short.getpixel((140, 120)) == state.SHORTFALL_COLOR
+    assert there.getpixel((140, 120)) != state.SHORTFALL_COLOR

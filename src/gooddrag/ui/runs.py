@@ -26,7 +26,7 @@ from .engine import EditOutput, Engine, RunCancelled
 from .handlers import message, session_of
 from .progress import status_html, wait_text
 from .state import display_scale, draw_overlay, interleave_points, make_config, mask_from_editor, run_problem, \
-    shortfall_message, to_display
+    shortfall_limit_px, shortfall_message, to_display
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class PageRuns:
         s = display_scale(image.width, image.height)
         plain = to_display(r.image, s)
         with_points = draw_overlay(r.image, interleave_points(r.initial_handle_points, r.target_points), s,
-                                   final_points=r.handle_points)
+                                   final_points=r.handle_points, shortfall_px=shortfall_limit_px(r))
         result = {"image": r.image, "plain": plain, "with_points": with_points, "folder": str(out.folder)}
         dist = ", ".join(f"{d:.1f}" for d in np.linalg.norm(r.handle_points - r.target_points, axis=1))
         text = (f"Done in {r.timings['total']:.1f} s: result {out.folder.name} "

@@ -45,6 +45,8 @@ MASK_OUTLINE = (255, 215, 0)
 """Outline and hatching of the mask on the points view, whose other pixels keep their colours."""
 HATCH_EVERY = 8
 """Display pixels between two hatching lines."""
+SHORTFALL_COLOR = (255, 140, 0)
+"""The line from a final handle that stopped short to its target."""
 BRUSH_SIZE = 20
 """Brush radius in display pixels (the editor's size menu changes it): 2.5 pixels of a 64x64 image."""
 
@@ -155,11 +157,13 @@ def draw_overlay(
     scale: int,
     mask: np.ndarray | None = None,
     final_points: np.ndarray | None = None,
+    shortfall_px: float | None = None,
 ) -> Image.Image:
     """The display image with the mask outlined and hatched (:func:`mark_mask`: the
     colours under it are kept), each pair as handle (red) -> target (blue) with an
     arrow (:func:`gooddrag.outputs.draw_points`), a pending handle, and optionally
-    final handle positions (yellow squares)."""
+    final handle positions (yellow squares); a final handle farther than ``shortfall_px``
+    (image px) from its target gets an orange line to it (:func:`shortfall_limit_px`)."""
     from ..outputs import HANDLE_COLOR, draw_points
 
     disp = to_display(image, scale)
@@ -172,6 +176,12 @@ def draw_overlay(
         disp, image_to_display(arr[0::2], scale), image_to_display(arr[1::2], scale), None,
         final_points=None if final_points is None else image_to_display(final_points, scale),
     )
+    if final_points is not None and shortfall_px is not None:
+        draw = ImageDraw.Draw(out)
+        for final, target in zip(np.asarray(final_points, dtype=np.float64), arr[1::2]):
+            if np.linalg.norm(final - target) > shortfall_px:
+                (fx, fy), (tx, ty) = image_to_display(np.stack([final, target]), scale)
+                draw.line([fx, fy, tx, ty], fill=SHORTFALL_COLOR, width=max(2, scale))
     if len(pts) % 2:
         (x, y), = image_to_display(np.asarray([pts[-1]]), scale)
         r = max(3, round(min(out.size) / 100))
@@ -393,14 +403,20 @@ def interleave_points(handles: np.ndarray, targets: np.ndarray) -> list[list[flo
 
 
 
-def shortfall_message(result) -> str:
-    """Words for the status when a run ended short of a target (``result``: a DragResult), or ""
-    when every handle is within its stop distance. The stop distance is the config's, in
-    supervision cells, converted to input pixels."""
+def shortfall_limit_px(result) -> float:
+    """How far (input px) a final handle may be from its target before the run counts as short:
+    the config's stop distance (at least one cell), supervision cells converted to input pixels."""
     config = result.config
     (H, W), (h, w) = (result.image.height, result.image.width), result.working_size
     px_per_cell = max(W / (w * config.sup_res_scale), H / (h * config.sup_res_scale))
-    limit = max(config.stop_distance, 1.0) * px_per_cell
+    return max(config.stop_distance, 1.0) * px_per_cell
+
+
+def shortfall_message(result) -> str:
+    """Words for the status when a run ended short of a target (``result``: a DragResult), or ""
+    when every handle is within :func:`shortfall_limit_px` of its target."""
+    config = result.config
+    limit = shortfall_limit_px(result)
     dist = np.linalg.norm(np.asarray(result.handle_points) - np.asarray(result.target_points), axis=1)
     short = [(i, d) for i, d in enumerate(dist, 1) if d > limit]
     if not short:
