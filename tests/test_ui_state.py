@@ -242,3 +242,28 @@ def test_a_handle_that_stopped_short_gets_an_orange_line_to_its_target():
     # halfway between the final handle (x 20) and the target (x 50), on the arrow's row: display (35*4, 30*4)
     assert short.getpixel((140, 120)) == state.SHORTFALL_COLOR
     assert there.getpixel((140, 120)) != state.SHORTFALL_COLOR
+
+
+def test_the_ui_and_the_cli_build_the_same_settings_for_an_example():
+    """The web UI's first run of an example (every settings box at the preset's value, numbers
+    coming back as floats, true/false boxes as 1/0) and `gooddrag edit EXAMPLE --model shapes-64`
+    with default flags: the same DragConfig, so the same run.json settings."""
+    from gooddrag.cli import build_parser
+    from gooddrag.config import PRESETS
+    from gooddrag.options import config_from_args
+    from gooddrag.ui.examples import shipped_examples_dir
+    from gooddrag.ui.handlers import settings_spec
+
+    folder = shipped_examples_dir() / "shapes-single-0"
+    args = build_parser().parse_args(["edit", str(folder), "--model", state.SHAPES_MODEL])
+    cli = config_from_args(args)
+    preset = state.default_preset(state.SHAPES_MODEL)
+
+    def as_the_browser_sends(value):
+        return value if isinstance(value, str) else float(value)
+
+    ui = state.make_config(preset, {name: as_the_browser_sends(getattr(PRESETS[preset], name))
+                                    for name, *_ in settings_spec()})
+    assert ui == cli and ui.to_json() == cli.to_json()
+    with pytest.raises(GoodDragError, match="setting latent_warp must be 1 \\(on\\) or 0 \\(off\\), got 2"):
+        state.make_config(preset, {"latent_warp": 2})

@@ -377,6 +377,11 @@ def make_config(preset: str, settings: dict[str, Any] | None = None):
                     raise GoodDragError(f"setting {name} must be a whole number, got {value!r}")
                 number = int(number)
             value = number
+        elif kind == "bool" and not isinstance(value, bool):
+            # a true/false setting shown in a number box comes back as 1 or 0 (run.json must say true/false)
+            if value not in (0, 1, "0", "1", 0.0, 1.0):
+                raise GoodDragError(f"setting {name} must be 1 (on) or 0 (off), got {value!r}")
+            value = bool(int(float(value)))
         overrides[name] = value
     return get_preset(preset, **overrides)
 
