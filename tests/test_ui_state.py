@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from gooddrag.errors import GoodDragError
-from gooddrag.ui import state
+from gooddrag.ui import shortfall, state
 
 
 # ------------------------------------------------------------------ points
@@ -225,11 +225,11 @@ def test_shortfall_message_names_each_handle_short_of_its_target():
                           timings={}, stats=dc.replace(DragStats(), stop_reason=reason), working_size=(64, 64),
                           lora={})
 
-    assert state.shortfall_message(result([[45.5, 23.0], [20.0, 10.0]], "reached")) == ""
-    msg = state.shortfall_message(result([[36.0, 23.0], [20.0, 10.0]], "no_change"))
+    assert shortfall.shortfall_message(result([[45.5, 23.0], [20.0, 10.0]], "reached")) == ""
+    msg = shortfall.shortfall_message(result([[36.0, 23.0], [20.0, 10.0]], "no_change"))
     assert msg == ("handle 1 stopped 10.0 px short of its target: the tracking stalled. To get closer, try "
                    "another seed, more drag steps (track per step), or the GoodDrag+ method.")
-    plus = state.shortfall_message(result([[36.0, 23.0], [12.0, 10.0]], "budget", "shapes-gooddrag-plus"))
+    plus = shortfall.shortfall_message(result([[36.0, 23.0], [12.0, 10.0]], "budget", "shapes-gooddrag-plus"))
     assert plus.startswith("handle 1 stopped 10.0 px short of its target; handle 2 stopped 8.0 px short")
     assert "the drag steps ran out" in plus and "GoodDrag+" not in plus
 

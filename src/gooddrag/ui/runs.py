@@ -25,8 +25,9 @@ from ..errors import GoodDragError
 from .engine import EditOutput, Engine, RunCancelled
 from .handlers import message, session_of
 from .progress import status_html, wait_text
+from .shortfall import shortfall_limit_px, shortfall_message
 from .state import display_scale, draw_overlay, interleave_points, make_config, mask_from_editor, run_problem, \
-    shortfall_limit_px, shortfall_message, to_display
+    to_display
 
 logger = logging.getLogger(__name__)
 
