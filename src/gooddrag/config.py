@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import GoodDragError
+from .warp import FILLS
 
 METHODS = ("gooddrag", "dragdiffusion", "gooddrag-plus")
 """``gooddrag`` and ``dragdiffusion`` do what their authors' code does; ``gooddrag-plus`` is
@@ -157,8 +158,6 @@ class DragConfig:
             "mutual_attention_start_layer": self.mutual_attention_start_layer >= 0,
             "mutual_attention_start_step": self.mutual_attention_start_step >= 0,
         }
-        from .warp import FILLS
-
         checks["warp_fill"] = self.warp_fill in FILLS
         for name, ok in checks.items():
             if not ok:

@@ -158,6 +158,25 @@ def features_at(features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return features[0][:, points[:, 0].long(), points[:, 1].long()].T
 
 
+def tracking_costs(
+    features: torch.Tensor,
+    reference_features: torch.Tensor,
+    centres: torch.Tensor,
+    r2: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matching cost of every cell of each handle's search window: positions (N, P, 2) long
+    (row, col) of the ``(2 r2 + 1)^2`` cells around the integer ``centres`` (N, 2), row-major, and
+    the L1 distance over channels (N, P) between ``features`` (1, C, h, w) there and each row of
+    ``reference_features`` (N, C); inf for cells outside the map."""
+    _, _, h, w = features.shape
+    offsets = patch_offsets(r2, features.device).long()  # (P, 2)
+    pos = centres.long()[:, None, :] + offsets[None]  # (N, P, 2)
+    inside = (pos[..., 0] >= 0) & (pos[..., 0] < h) & (pos[..., 1] >= 0) & (pos[..., 1] < w)
+    window = features[0][:, pos[..., 0].clamp(0, h - 1), pos[..., 1].clamp(0, w - 1)]  # (C, N, P)
+    dist = (window - reference_features.T[:, :, None]).abs().sum(dim=0)  # (N, P)
+    return pos, torch.where(inside, dist, torch.full_like(dist, float("inf")))
+
+
 def track_points(
     features: torch.Tensor,
     reference_features: torch.Tensor,
@@ -174,13 +193,7 @@ def track_points(
     excluded; ties go to the first cell in row-major order. Returns (N, 2),
     integer-valued floats. Runs on device with no host sync.
     """
-    _, _, h, w = features.shape
-    offsets = patch_offsets(r2, features.device).long()  # (P, 2)
-    pos = handle_points.long()[:, None, :] + offsets[None]  # (N, P, 2)
-    inside = (pos[..., 0] >= 0) & (pos[..., 0] < h) & (pos[..., 1] >= 0) & (pos[..., 1] < w)
-    window = features[0][:, pos[..., 0].clamp(0, h - 1), pos[..., 1].clamp(0, w - 1)]  # (C, N, P)
-    dist = (window - reference_features.T[:, :, None]).abs().sum(dim=0)  # (N, P)
-    dist = torch.where(inside, dist, torch.full_like(dist, float("inf")))
+    pos, dist = tracking_costs(features, reference_features, handle_points, r2)
     best = dist.argmin(dim=-1)  # (N,)
     return pos[torch.arange(pos.shape[0], device=pos.device), best].to(handle_points.dtype)
 

@@ -13,6 +13,7 @@ import argparse
 from .config import METHODS, PRESETS, DragConfig, get_preset
 from .errors import GoodDragError
 from .models import preset_for
+from .warp import FILLS
 
 def parse_bool(text: str) -> bool:
     """``true``/``false`` (also yes/no, on/off, 1/0) for the on/off settings."""
@@ -29,15 +30,13 @@ parse_bool.__name__ = "true/false"  # argparse names the type in its error messa
 
 def parse_fill(text: str) -> str:
     """One of :data:`gooddrag.warp.FILLS` (the web UI shows ``choices`` as a list)."""
-    from .warp import FILLS
-
     if text not in FILLS:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(FILLS)}, got {text!r}")
     return text
 
 
 parse_fill.__name__ = "fill"
-parse_fill.choices = ("keep", "neighbours", "noise")  # gooddrag.warp.FILLS (a test checks they agree)
+parse_fill.choices = FILLS
 
 # (flag, DragConfig field, type, one-line help). Defaults are the chosen
 # method's preset; --help prints both presets' values.

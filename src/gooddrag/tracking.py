@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .motion import patch_offsets
+from .motion import tracking_costs
 
 
 def parabola_offset(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -36,18 +36,12 @@ def track_points_subpixel(
     *,
     r2: int,
 ) -> torch.Tensor:
-    """Point tracking with sub-cell refinement: the cell of the ``(2 r2 + 1)^2`` window around
-    each handle's nearest cell whose features are closest (L1 over channels) to the handle's
-    ``reference_features`` (N, C), as :func:`gooddrag.motion.track_points`, then moved by
-    :func:`parabola_offset` along rows and columns. Returns (N, 2) float (row, col); no host sync."""
-    _, _, h, w = features.shape
+    """Point tracking with sub-cell refinement: the best cell of the ``(2 r2 + 1)^2`` window
+    around each handle's nearest cell (:func:`gooddrag.motion.tracking_costs`, as
+    :func:`gooddrag.motion.track_points`), then moved by :func:`parabola_offset` along rows and
+    columns. Returns (N, 2) float (row, col); no host sync."""
     n = handle_points.shape[0]
-    offsets = patch_offsets(r2, features.device).long()  # (P, 2), row-major
-    pos = handle_points.round().long()[:, None, :] + offsets[None]  # (N, P, 2)
-    inside = (pos[..., 0] >= 0) & (pos[..., 0] < h) & (pos[..., 1] >= 0) & (pos[..., 1] < w)
-    window = features[0][:, pos[..., 0].clamp(0, h - 1), pos[..., 1].clamp(0, w - 1)]  # (C, N, P)
-    dist = (window - reference_features.T[:, :, None]).abs().sum(dim=0)  # (N, P)
-    dist = torch.where(inside, dist, torch.full_like(dist, float("inf")))
+    pos, dist = tracking_costs(features, reference_features, handle_points.round(), r2)  # (N, P, 2), (N, P)
     side = 2 * r2 + 1
     grid = dist.reshape(n, side, side)
     padded = torch.nn.functional.pad(grid, (1, 1, 1, 1), value=float("inf"))  # (N, side + 2, side + 2)
