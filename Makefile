@@ -11,7 +11,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e ".[test,bench,ui,ray]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,bench,ui,ray,judge]"
 	touch $(STAMP)
 
 demo: $(STAMP)

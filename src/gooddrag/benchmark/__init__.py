@@ -3,7 +3,8 @@
 - :mod:`.runner`: edit every sample of a Drag100 / DragBench folder, resumable, shardable;
 - :mod:`.metrics`: DAI, MD's matching step, IF = 1 - LPIPS(alex) (pure functions);
 - :mod:`.dift`: DIFT features for MD (a Stable Diffusion UNet through a forward hook);
-- :mod:`.evaluate`: score a results folder, write CSV / markdown / plots, compare two.
+- :mod:`.evaluate`: score results folders, write CSV / markdown / plots, compare two;
+- :mod:`.gscore`: GScore, a vision-language judge on an OpenAI-compatible endpoint (cached, resumable).
 
 Importing this package, :mod:`.runner` or :mod:`.evaluate` loads no model
 and no torch of its own; the CLI hooks are re-exported here.
@@ -29,7 +30,8 @@ __all__ = [
 
 COMMANDS = {
     "run": ("edit every sample of a Drag100 / DragBench folder (resumable)", add_run_arguments, cmd_run),
-    "eval": ("score a results folder: DAI, MD (DIFT), IF (LPIPS)", add_eval_arguments, cmd_eval),
+    "eval": ("score results folders: DAI, MD (DIFT), IF (LPIPS), GScore (a VLM judge)", add_eval_arguments,
+             cmd_eval),
     "compare": ("two evaluated results folders side by side", add_compare_arguments, cmd_compare),
 }
 

@@ -11,7 +11,15 @@ input's size (bilinear, as DragBench's script does) and flagged in the CSV.
 Metrics (:mod:`gooddrag.benchmark.metrics`): ``dai`` at each gamma (lower is
 better; our mean over pairs, or ``--dai-authors-variant``), ``md`` (DIFT
 mean distance in pixels, lower is better), ``if`` (1 - LPIPS(alex), higher
-is better). The report goes to ``RESULTS/eval/`` (``--eval-out``):
+is better), ``gscore`` (a vision-language judge's 1-10 rating, higher is
+better; :mod:`gooddrag.benchmark.gscore`).
+
+Several results folders (one method each, ``NAME=DIR`` to name one) are
+scored each on its own and reported side by side, one ``method`` column in
+``metrics.csv`` (default report folder ``FIRST/eval/joint``); for ``gscore``
+every method's result for a sample is judged in the same request.
+
+The report goes to ``RESULTS/eval/`` (``--eval-out``):
 ``metrics.csv`` (one row a sample), ``summary.json``, ``summary.md`` (mean
 of each metric over the samples, and per category = the first path component
 under RESULTS, or for a flat layout the sample name without a trailing
@@ -36,11 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GoodDragError
+from . import gscore as G
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("dai", "md", "if")
-LOWER_IS_BETTER = {"dai": True, "md": True, "if": False, "final_distance": True, "edit_seconds": True}
+METRICS = ("dai", "md", "if", "gscore")
+LOWER_IS_BETTER = {"dai": True, "md": True, "if": False, "gscore": False, "final_distance": True, "edit_seconds": True}
+SPREADS = ("gscore_sd",)  # neither better nor worse
+JOINT_DIR = "joint"
 EVAL_DIR = "eval"
 DAI_VARIANTS = {
     False: "ours: mean over the pairs (divided by the number of pairs once)",
@@ -79,12 +90,18 @@ def category_of(rel: str) -> str:
 def metric_columns(metrics, gammas) -> list[str]:
     cols = []
     for m in metrics:
-        cols += [f"dai_g{g}" for g in gammas] if m == "dai" else [m]
+        cols += [f"dai_g{g}" for g in gammas] if m == "dai" else ["gscore", "gscore_sd"] if m == "gscore" else [m]
     return cols
 
 
 def lower_is_better(column: str) -> bool:
     return LOWER_IS_BETTER.get(column.split("_g")[0] if column.startswith("dai_g") else column, True)
+
+
+def direction(column: str) -> str:
+    if column in SPREADS:
+        return "spread: SD of all ratings"
+    return "lower is better" if lower_is_better(column) else "higher is better"
 
 
 @dataclass
@@ -97,6 +114,7 @@ class EvalInputs:
     final_handles: object | None
     resized: bool
     seconds: float | None
+    original_file: Path | None = None
 
 
 def load_inputs(ref: ResultRef, dataset: Path | None) -> EvalInputs:
@@ -111,8 +129,9 @@ def load_inputs(ref: ResultRef, dataset: Path | None) -> EvalInputs:
     if dataset is not None:
         sample = load_sample(dataset / ref.rel)
         original, handles, targets, prompt = sample.image, sample.handle_points, sample.target_points, sample.prompt
+        original_file = sample.files.get("image")
     else:
-        original = load_image(ref.path / "input.png")
+        original, original_file = load_image(ref.path / "input.png"), ref.path / "input.png"
         if not points or "handle_points" not in points:
             raise GoodDragError(f"{str(ref.path / 'new_points.json')!r} is missing; give --dataset for the points")
         handles, targets = np.asarray(points["handle_points"], float), np.asarray(points["target_points"], float)
@@ -123,7 +142,7 @@ def load_inputs(ref: ResultRef, dataset: Path | None) -> EvalInputs:
     final = points.get("new_handle_points") if points else None
     seconds = ((record or {}).get("timings_s") or {}).get("total")
     return EvalInputs(original, result, np.asarray(handles, float), np.asarray(targets, float), prompt,
-                      np.asarray(final, float) if final is not None else None, resized, seconds)
+                      np.asarray(final, float) if final is not None else None, resized, seconds, original_file)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -177,7 +196,8 @@ def evaluate(results: str | Path, metrics=("dai",), *, dataset: str | Path | Non
     for ref in tqdm(refs, desc="eval", unit="sample", disable=not progress, dynamic_ncols=True):
         try:
             inp = load_inputs(ref, dataset)
-            row = {"sample": ref.rel, "category": category_of(ref.rel), "pairs": len(inp.handles)}
+            row = {"sample": ref.rel, "category": category_of(ref.rel), "pairs": len(inp.handles),
+                   "original_file": inp.original_file, "edited_file": ref.path / "edited.png"}
             if "dai" in metrics:
                 for g in gammas:
                     row[f"dai_g{g}"] = M.dai(inp.original, inp.result, inp.handles, inp.targets, g,
@@ -218,6 +238,11 @@ def summarize(rows: list[dict], columns: list[str], matches: list[dict] | None =
     for cat in sorted({r["category"] for r in rows}):
         sub = [r for r in rows if r["category"] == cat]
         out["categories"][cat] = {"samples": len(sub)} | {c: _mean(r.get(c) for r in sub) for c in cols}
+    if "gscore_sd" in cols:  # the spread of every rating (samples and repetitions), not a mean of SDs
+        out["mean"]["gscore_sd"] = G.pooled_sd([v for r in rows for v in r.get("gscore_ratings") or []])
+        for cat, vals in out["categories"].items():
+            vals["gscore_sd"] = G.pooled_sd([v for r in rows if r["category"] == cat
+                                             for v in r.get("gscore_ratings") or []])
     if matches:
         pooled = [d for m in matches for d in m["distances"]]
         out["md_pooled_over_pairs"] = sum(pooled) / len(pooled)
@@ -239,20 +264,9 @@ def summary_markdown(summary: dict, info: dict) -> str:
               f"- samples scored: {summary['samples']}; failed in the run: {info['failed']}; "
               f"could not be scored: {len(info['errors'])}"
               + (f"; not run: {info['missing']}" if info.get("missing") is not None else "")]
-    if "dai" in info["metrics"]:
-        lines.append(f"- DAI variant: {DAI_VARIANTS[info['dai_authors_variant']]}; gamma "
-                     f"{', '.join(map(str, info.get('gammas', [])))}; images in [0, 1]; patch offsets [-gamma, gamma]^2, "
-                     "only where both patches are inside the image")
-    if "md" in info["metrics"]:
-        d = info["dift"]
-        lines.append(f"- MD: DIFT {d['model']}, t={d['t']}, up_ft_index {d['up_ft_index']}, ensemble {d['ensemble']}, "
-                     f"seed {d['seed']}, prompt: {info['dift_prompt']}; pooled over all pairs (as DragBench's script): "
-                     f"{_fmt(summary.get('md_pooled_over_pairs'))}")
-    if "if" in info["metrics"]:
-        lines.append("- IF: 1 - LPIPS v0.1 (AlexNet) at 224x224")
-    arrows = {c: ("lower is better" if lower_is_better(c) else "higher is better") for c in cols}
+    lines += _settings_lines(summary, info)
     lines += ["", "## Mean over the samples", "", "| metric | mean | |", "|---|---|---|"]
-    lines += [f"| {c} | {_fmt(summary['mean'][c])} | {arrows[c]} |" for c in cols]
+    lines += [f"| {c} | {_fmt(summary['mean'][c])} | {direction(c)} |" for c in cols]
     lines += ["", "## Per category", "", "| category | samples | " + " | ".join(cols) + " |",
               "|---|---|" + "---|" * len(cols)]
     for cat, vals in summary["categories"].items():
@@ -263,6 +277,34 @@ def summary_markdown(summary: dict, info: dict) -> str:
         lines += ["", "## Failed in the run (failures.jsonl)", ""]
         lines += [f"- {f['sample']}: {f['error_type']}: {f['error']}" for f in info["failures"]]
     return "\n".join(lines) + "\n"
+
+
+def _settings_lines(summary: dict, info: dict) -> list[str]:
+    """One line per metric family: the settings a reader needs to compare numbers."""
+    lines = []
+    if "dai" in info["metrics"]:
+        lines.append(f"- DAI variant: {DAI_VARIANTS[info['dai_authors_variant']]}; gamma "
+                     f"{', '.join(map(str, info.get('gammas', [])))}; images in [0, 1]; patch offsets [-gamma, gamma]^2, "
+                     "only where both patches are inside the image")
+    if "md" in info["metrics"]:
+        d = info["dift"]
+        lines.append(f"- MD: DIFT {d['model']}, t={d['t']}, up_ft_index {d['up_ft_index']}, ensemble {d['ensemble']}, "
+                     f"seed {d['seed']}, prompt: {info['dift_prompt']}"
+                     + (f"; pooled over all pairs (as DragBench's script): {_fmt(summary.get('md_pooled_over_pairs'))}"
+                        if "md_pooled_over_pairs" in summary or "runs" not in info else ""))
+    if "if" in info["metrics"]:
+        lines.append("- IF: 1 - LPIPS v0.1 (AlexNet) at 224x224")
+    if "gscore" in info["metrics"]:
+        j = info["gscore"]
+        st = j["settings"]
+        sampling = ", ".join(f"{k} {v}" for k, v in st["sampling"].items())
+        lines.append(f"- GScore: judge {j['model']} at {j['url']}; prompt sha256 {j['prompt_sha256'][:12]}; "
+                     f"{sampling}; "
+                     f"{st['repeats']} repetition(s) a sample, order shuffled with seed {st['seed']}; "
+                     f"{j['requests']} request(s), {j['from_cache']} from the cache; missing ratings: "
+                     f"{j['missing_malformed']} unparsable, {j['missing_unavailable']} unanswered; gscore = mean over "
+                     "samples of each sample's mean rating (1-10), gscore_sd = SD of all ratings")
+    return lines
 
 
 def write_plots(out: Path, rows: list[dict], summary: dict) -> list[str]:
@@ -276,7 +318,7 @@ def write_plots(out: Path, rows: list[dict], summary: dict) -> list[str]:
         logger.warning("matplotlib is not installed: no plots (pip install matplotlib)")
         return []
     written = []
-    cols = [c for c in summary["mean"] if c != "edit_seconds" and summary["mean"][c] is not None]
+    cols = [c for c in summary["mean"] if c != "edit_seconds" and c not in SPREADS and summary["mean"][c] is not None]
     cats = list(summary["categories"])
     if cols and cats:
         n = len(cols)
@@ -287,7 +329,7 @@ def write_plots(out: Path, rows: list[dict], summary: dict) -> list[str]:
             vals = [summary["categories"][k][c] or 0.0 for k in cats]
             ax.bar(range(len(cats)), vals, color="#4878a8")
             ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right", fontsize=8)
-            ax.set_title(f"{c} ({'lower' if lower_is_better(c) else 'higher'} is better)", fontsize=9)
+            ax.set_title(f"{c} ({direction(c)})", fontsize=9)
         for ax in list(axes.flat)[n:]:
             ax.axis("off")
         fig.tight_layout()
@@ -307,31 +349,165 @@ def write_plots(out: Path, rows: list[dict], summary: dict) -> list[str]:
     return written
 
 
-def write_report(out: Path, rows, matches, summary, info) -> list[str]:
+def write_report(out: Path, rows, matches, summary, info, judged: list[dict] | None = None) -> list[str]:
+    """One results folder's report; ``judged``: GScore's records, one per request (gscore.jsonl)."""
+    files = _write_tables(out, rows, matches, {"info": info, "summary": summary}, summary_markdown(summary, info),
+                          info, judged, joint=False)
+    return files + write_plots(out, rows, summary)
+
+
+def _write_tables(out: Path, rows, matches, data: dict, markdown: str, info: dict, judged, joint: bool) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["sample", "category", "pairs", *info["columns"], "final_distance", "edit_seconds", "resized"]
+    extra = ["gscore_n", "gscore_missing"] if "gscore" in info["metrics"] else []
+    cols = [*(["method"] if joint else []), "sample", "category", "pairs", *info["columns"], *extra,
+            "final_distance", "edit_seconds", "resized"]
     with open(out / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in cols})
-    (out / "summary.json").write_text(json.dumps({"info": info, "summary": summary}, indent=2, default=str))
-    (out / "summary.md").write_text(summary_markdown(summary, info))
+    (out / "summary.json").write_text(json.dumps(data, indent=2, default=str))
+    (out / "summary.md").write_text(markdown)
     with open(out / "matches.jsonl", "w") as f:
         for m in matches:
             f.write(json.dumps(m) + "\n")
-    return ["metrics.csv", "summary.json", "summary.md", "matches.jsonl", *write_plots(out, rows, summary)]
+    files = ["metrics.csv", "summary.json", "summary.md", "matches.jsonl"]
+    if judged is not None:
+        with open(out / "gscore.jsonl", "w") as f:
+            for r in judged:
+                f.write(json.dumps(r) + "\n")
+        files.append("gscore.jsonl")
+    return files
+
+
+# ------------------------------------------------------------ several methods
+@dataclass(frozen=True)
+class Run:
+    """One results folder and the method name it is reported under."""
+
+    name: str
+    path: Path
+
+
+def parse_runs(texts: list[str]) -> list[Run]:
+    """``DIR`` or ``NAME=DIR`` each; unnamed: the manifest's method, else the folder's name
+    (folder names for all unnamed ones when two would share a name)."""
+    from .runner import MANIFEST
+
+    given = []
+    for t in texts:
+        t = str(t)
+        name, sep, folder = t.partition("=")
+        if sep and name and folder and not Path(t).exists():
+            given.append((name, Path(folder)))
+        else:
+            given.append((None, Path(t)))
+    for _, folder in given:
+        if not folder.is_dir():
+            raise GoodDragError(f"results {str(folder)!r}: no such folder")
+
+    def auto(folder: Path) -> str:
+        return (_read_json(folder / MANIFEST) or {}).get("method") or folder.resolve().name
+
+    names = [n or auto(f) for n, f in given]
+    if len(set(names)) < len(names):
+        names = [n or f.resolve().name for n, f in given]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise GoodDragError(f"two results folders are both called {dup[0]!r}; name them NAME=DIR")
+    if len(names) > len(G.LABELS):
+        raise GoodDragError(f"at most {len(G.LABELS)} results folders, got {len(names)}")
+    return [Run(n, f) for n, (_, f) in zip(names, given)]
+
+
+def joint_markdown(summaries: dict[str, dict], info: dict) -> str:
+    names = list(summaries)
+    cols = list(dict.fromkeys(c for s in summaries.values() for c in s["mean"]))
+    lines = [f"# Evaluation of {len(names)} methods", "",
+             "| method | results | samples scored | failed in the run | could not be scored |", "|---|---|---|---|---|"]
+    for n in names:
+        r = info["runs"][n]
+        lines.append(f"| {n} | {r['results']} | {summaries[n]['samples']} | {r['failed']} | {len(r['errors'])} |")
+    lines += [""] + _settings_lines({}, info)
+    if "md" in info["metrics"]:
+        lines.append("- MD pooled over all pairs (as DragBench's script): "
+                     + ", ".join(f"{n} {_fmt(summaries[n].get('md_pooled_over_pairs'))}" for n in names))
+    lines += ["", "## Mean over the samples", "", "| metric | " + " | ".join(names) + " | |",
+              "|---|" + "---|" * len(names) + "---|"]
+    lines += [f"| {c} | " + " | ".join(_fmt(summaries[n]["mean"].get(c)) for n in names) + f" | {direction(c)} |"
+              for c in cols]
+    lines += ["", "## Per category", "", "| category | method | samples | " + " | ".join(cols) + " |",
+              "|---|---|---|" + "---|" * len(cols)]
+    for cat in sorted({c for s in summaries.values() for c in s["categories"]}):
+        for n in names:
+            vals = summaries[n]["categories"].get(cat)
+            if vals:
+                cells = " | ".join(_fmt(vals.get(c)) for c in cols)
+                lines.append(f"| {cat} | {n} | {vals['samples']} | {cells} |")
+    errors = [f"- {n}: {e['sample']}: {e['error']}" for n in names for e in info["runs"][n]["errors"]]
+    if errors:
+        lines += ["", "## Could not be scored", ""] + errors
+    failures = [f"- {n}: {f['sample']}: {f['error_type']}: {f['error']}"
+                for n in names for f in info["runs"][n]["failures"]]
+    if failures:
+        lines += ["", "## Failed in the run (failures.jsonl)", ""] + failures
+    return "\n".join(lines) + "\n"
+
+
+def write_joint_plot(out: Path, summaries: dict[str, dict]) -> list[str]:
+    """methods.png: per metric, bars by method over every category and all samples; [] without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plots (pip install matplotlib)")
+        return []
+    names = list(summaries)
+    cols = [c for c in dict.fromkeys(c for s in summaries.values() for c in s["mean"])
+            if c != "edit_seconds" and c not in SPREADS
+            and any(s["mean"].get(c) is not None for s in summaries.values())]
+    if not cols:
+        return []
+    cats = ["all", *sorted({c for s in summaries.values() for c in s["categories"]})]
+    ncol = min(2, len(cols))
+    nrow = math.ceil(len(cols) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6 * ncol, 3.4 * nrow), squeeze=False)
+    width = 0.8 / len(names)
+    for ax, c in zip(axes.flat, cols):
+        for i, n in enumerate(names):
+            s = summaries[n]
+            vals = [(s["mean"] if k == "all" else s["categories"].get(k, {})).get(c) for k in cats]
+            err = None
+            if c == "gscore":
+                err = [(s["mean"] if k == "all" else s["categories"].get(k, {})).get("gscore_sd") or 0.0 for k in cats]
+            ax.bar([j + (i - (len(names) - 1) / 2) * width for j in range(len(cats))], [v or 0.0 for v in vals],
+                   width, yerr=err, label=n, capsize=2)
+        ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right", fontsize=8)
+        ax.set_title(f"{c} ({direction(c)})", fontsize=9)
+    axes.flat[0].legend(fontsize=8)
+    for ax in list(axes.flat)[len(cols):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "methods.png", dpi=100)
+    plt.close(fig)
+    return ["methods.png"]
 
 
 # --------------------------------------------------------------------- the CLI
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``gooddrag bench eval``."""
-    p.add_argument("results", help="results folder of `gooddrag bench run` (or any folder of result folders)")
-    p.add_argument("--metrics", default="dai,md,if", help="comma-separated: dai, md, if (default: %(default)s)")
+    p.add_argument("results", nargs="+",
+                   help="results folder of `gooddrag bench run` (or any folder of result folders); several: one "
+                        "method each, reported side by side and judged together for gscore (NAME=DIR names one)")
+    p.add_argument("--metrics", default="dai,md,if",
+                   help="comma-separated: dai, md, if, gscore (default: %(default)s)")
     p.add_argument("--dataset", default=None,
                    help="read original images, points and prompts from DATASET/<sample path> "
                         "(default: input.png, new_points.json and run.json of each result)")
-    p.add_argument("--eval-out", default=None, help="report folder (default: RESULTS/eval)")
+    p.add_argument("--eval-out", default=None,
+                   help="report folder (default: RESULTS/eval; with several: FIRST/eval/joint)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     g = p.add_argument_group("DAI")
     g.add_argument("--gamma", default="1,5,10,20", help="patch radii in pixels (default: %(default)s)")
@@ -358,20 +534,24 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("device")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="DIFT model weights (default: %(default)s)")
+    G.add_judge_arguments(p)
 
 
 def cmd_eval(args, say) -> int:
     from . import metrics as M
     from .runner import MANIFEST, read_failures
 
-    results = Path(args.results)
+    runs = parse_runs(args.results)
     metrics = parse_metrics(args.metrics)
     gammas = parse_gammas(args.gamma)
-    refs = find_results(results)
-    if not refs:
-        raise GoodDragError(f"no result folders (with edited.png) under {str(results)!r}")
+    judge = _judge_setup(args) if "gscore" in metrics else None  # cheap checks before loading any model
+    for run in runs:
+        if not find_results(run.path):
+            raise GoodDragError(f"no result folders (with edited.png) under {str(run.path)!r}")
+    joint = len(runs) > 1
     featurizer = lpips_model = None
-    info: dict = {"results": str(results.resolve()), "metrics": metrics, "gammas": gammas,
+    info: dict = {"results": str(runs[0].path.resolve()) if not joint else [str(r.path.resolve()) for r in runs],
+                  "metrics": metrics, "gammas": gammas,
                   "dai_authors_variant": bool(args.dai_authors_variant), "dift_prompt": args.dift_prompt,
                   "dataset": str(Path(args.dataset).resolve()) if args.dataset else None,
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -386,26 +566,105 @@ def cmd_eval(args, say) -> int:
                                     dtype=args.dtype, t=args.dift_t, up_ft_index=args.dift_up_ft_index,
                                     ensemble=args.dift_ensemble, seed=args.dift_seed)
         info["dift"] = featurizer.settings()
-    rows, matches, errors = evaluate(
-        results, metrics, dataset=args.dataset, gammas=gammas, authors_variant=args.dai_authors_variant,
-        featurizer=featurizer, dift_prompt=args.dift_prompt, lpips_model=lpips_model, progress=not args.no_progress,
-    )
-    manifest = _read_json(results / MANIFEST) or {}
-    failures = read_failures(results)
-    info |= {"columns": metric_columns(metrics, gammas), "errors": errors, "failures": failures,
-             "failed": len(failures), "method": manifest.get("method"),
-             "model": (manifest.get("model") or {}).get("model")}
-    if args.dataset:
-        from .runner import find_samples
+    scored: dict[str, tuple[list[dict], list[dict], dict]] = {}
+    for run in runs:
+        rows, matches, errors = evaluate(
+            run.path, metrics, dataset=args.dataset, gammas=gammas, authors_variant=args.dai_authors_variant,
+            featurizer=featurizer, dift_prompt=args.dift_prompt, lpips_model=lpips_model,
+            progress=not args.no_progress,
+        )
+        manifest = _read_json(run.path / MANIFEST) or {}
+        failures = read_failures(run.path)
+        run_info = {"results": str(run.path.resolve()), "errors": errors, "failures": failures,
+                    "failed": len(failures), "method": manifest.get("method"),
+                    "model": (manifest.get("model") or {}).get("model")}
+        if args.dataset:
+            from .runner import find_samples
 
-        scored = {r["sample"] for r in rows} | {e["sample"] for e in errors} | {f["sample"] for f in failures}
-        info["missing"] = sum(1 for s in find_samples(args.dataset) if s.rel not in scored)
-    summary = summarize(rows, info["columns"], matches)
-    out = Path(args.eval_out) if args.eval_out else results / EVAL_DIR
-    files = write_report(out, rows, matches, summary, info)
-    say(summary_markdown(summary, info))
+            done = {r["sample"] for r in rows} | {e["sample"] for e in errors} | {f["sample"] for f in failures}
+            run_info["missing"] = sum(1 for s in find_samples(args.dataset) if s.rel not in done)
+        scored[run.name] = (rows, matches, run_info)
+    out = Path(args.eval_out) if args.eval_out else runs[0].path / EVAL_DIR / (JOINT_DIR if joint else "")
+    judged = None
+    if judge is not None:
+        judged, info["gscore"] = _judge_runs(judge, {n: v[0] for n, v in scored.items()}, out,
+                                             progress=not args.no_progress)
+    info["columns"] = metric_columns(metrics, gammas)
+    if not joint:
+        rows, matches, run_info = scored[runs[0].name]
+        info |= {k: v for k, v in run_info.items() if k != "results"}
+        summary = summarize(rows, info["columns"], matches)
+        files = write_report(out, rows, matches, summary, info, judged)
+        say(summary_markdown(summary, info))
+    else:
+        info["runs"] = {n: v[2] for n, v in scored.items()}
+        summaries = {n: summarize(v[0], info["columns"], v[1]) for n, v in scored.items()}
+        rows = [{"method": n} | r for n, v in scored.items() for r in v[0]]
+        matches = [{"method": n} | m for n, v in scored.items() for m in v[1]]
+        markdown = joint_markdown(summaries, info)
+        files = _write_tables(out, rows, matches, {"info": info, "summary": summaries}, markdown, info, judged,
+                              joint=True)
+        files += write_joint_plot(out, summaries)
+        say(markdown)
     say(f"wrote {', '.join(str(out / f) for f in files)}")
-    return 1 if errors else 0
+    unanswered = 0
+    if judge is not None:
+        j = info["gscore"]
+        unanswered = j["missing_unavailable"]
+        say(f"GScore: {j['requests']} request(s): {j['from_cache']} from the cache, {j['asked']} asked "
+            f"({j['http_requests']} HTTP request(s)); missing: {j['missing_malformed']} unparsable after "
+            f"{judge.settings.parse_retries} retries, {unanswered} unanswered"
+            + ("; run the same command again to ask for the unanswered ones" if unanswered else ""))
+    return 1 if unanswered or any(v[2]["errors"] for v in scored.values()) else 0
+
+
+@dataclass
+class _Judge:
+    settings: G.JudgeSettings
+    template: str
+    prompt_file: str | None
+    key: str | None
+    key_env: str | None
+
+
+def _judge_setup(args) -> _Judge:
+    settings = G.settings_from_args(args)
+    template = G.load_prompt(args.judge_prompt)
+    G.import_httpx()
+    key, key_env = G.api_key_from_env(args.judge_key_env)
+    return _Judge(settings, template, args.judge_prompt, key, key_env)
+
+
+def _judge_runs(judge: _Judge, rows_by_run: dict[str, list[dict]], out: Path, progress: bool):
+    """Judge every sample scored in any run (each with the runs that have it); adds GScore's columns to
+    the rows. Returns (one record per request, summary.json's ``gscore``)."""
+    by_sample: dict[str, dict[str, dict]] = {}
+    for name in sorted(rows_by_run):
+        for r in rows_by_run[name]:
+            by_sample.setdefault(r["sample"], {})[name] = r
+    refs: dict[Path, G.ImageRef] = {}
+
+    def ref(path) -> G.ImageRef:
+        path = Path(path)
+        if path not in refs:
+            refs[path] = G.image_ref(path)
+        return refs[path]
+
+    items, differ = [], 0
+    for sample, rows in sorted(by_sample.items()):
+        originals = [ref(r["original_file"]) for r in rows.values()]
+        differ += len({o.sha256 for o in originals}) > 1
+        items.append(G.JudgeItem(sample, originals[0], {n: ref(r["edited_file"]) for n, r in rows.items()}))
+    if differ:
+        logger.warning("%d sample(s) have different input images in different results folders; the judge is "
+                       "shown the one of the first method by name (give --dataset to use the data set's)", differ)
+    cache = out / G.CACHE_DIR
+    outcome = G.judge(items, judge.settings, judge.template, cache, judge.key, progress=progress)
+    ratings = G.ratings_by_method(outcome)
+    for name, rows in rows_by_run.items():
+        for r in rows:
+            r |= G.sample_columns(ratings.get((name, r["sample"]), []), judge.settings.repeats)
+    return outcome.records, G.info(judge.settings, judge.template, judge.prompt_file, judge.key_env, cache, outcome)
 
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
@@ -454,7 +713,8 @@ def compare_markdown(a: Path, b: Path, eval_dir: str = EVAL_DIR) -> str:
     for c in cols:
         va, vb = mean(byname_a, common, c), mean(byname_b, common, c)
         diff = vb - va if va is not None and vb is not None else None
-        better = "-" if diff is None or diff == 0 else ("B" if (diff < 0) == lower_is_better(c) else "A")
+        better = ("-" if diff is None or diff == 0 or c in SPREADS
+                  else ("B" if (diff < 0) == lower_is_better(c) else "A"))
         lines.append(f"| {c} | {_fmt(va)} | {_fmt(vb)} | {_fmt(diff, 4) if diff is None else f'{diff:+.4f}'} | {better} |")
     cats = sorted({byname_a[n]["category"] for n in common})
     if len(cats) > 1 and cols:
