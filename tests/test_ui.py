@@ -554,3 +554,52 @@ def test_browser_example_points_undo_clear_and_cancel(served, tmp_path):
         status = page.locator("#status").inner_text()
         assert "Traceback" not in status and str(tmp_path.parent) not in status and "/tmp" not in status
     assert set(results.iterdir()) == before  # a cancelled run writes nothing
+
+
+def test_queue_wait_estimates_come_within_half_of_the_real_wait(tmp_path):
+    """Two runs queued behind a running one: each is told an estimate from the measured runs
+    (unknown before any run finished), and its real wait is within 50% of what it was told."""
+    import threading
+
+    from gooddrag.shapes.scenes import make_case
+
+    engine = ui.Engine(tmp_path / "results", "cpu", lora_cache_dir=tmp_path / "lora")
+    case = make_case(0)
+    image = Image.fromarray(case.image)
+    points = state.interleave_points(case.handle_points, case.target_points)
+    told, began = {}, {}
+
+    def edit(name, seed, lora_steps):
+        def on_wait(ahead, eta):
+            told.setdefault(name, []).append((time.monotonic(), ahead, eta))
+
+        def on_progress(p):
+            began.setdefault(name, time.monotonic())
+
+        engine.edit(image, points, case.mask, preset="shapes-gooddrag", on_wait=on_wait, on_progress=on_progress,
+                    settings=FAST | {"seed": seed, "lora_steps": lora_steps})  # a new seed: a new LoRA each run
+
+    # nothing has finished yet: a queued run is told "unknown", not a number
+    first = threading.Thread(target=edit, args=("first", 1, 5))
+    first.start()
+    while "first" not in began:
+        time.sleep(0.01)
+    edit("early", 2, 5)
+    first.join()
+    assert told["early"] and all(eta is None for *_, eta in told["early"])
+
+    # measured now: a longer run, then two queued behind it with other lengths
+    runs = [("running", 3, 30), ("second", 4, 10), ("third", 5, 20)]
+    threads = []
+    for name, seed, steps in runs:
+        threads.append(threading.Thread(target=edit, args=(name, seed, steps)))
+        threads[-1].start()
+        while name not in began and name not in told:
+            time.sleep(0.01)
+    for t in threads:
+        t.join()
+    for name in ("second", "third"):
+        t_told, ahead, eta = told[name][0]
+        waited = began[name] - t_told
+        assert eta is not None and ahead == {"second": 1, "third": 2}[name]
+        assert abs(eta - waited) <= 0.5 * waited, f"{name}: told {eta:.1f} s, waited {waited:.1f} s"

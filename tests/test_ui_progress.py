@@ -69,37 +69,47 @@ def test_progress_without_timestep_field_and_with_a_cached_lora():
 
 def test_wait_text_and_status_html():
     assert wait_text(1, 12.4) == "Queued: 1 run ahead of yours (position 2); about 12 s to wait."
-    assert "2 runs ahead" in wait_text(2, None) and "known once" in wait_text(2, None)
+    assert "2 runs ahead" in wait_text(2, None) and "wait unknown until a run" in wait_text(2, None)
     html = status_html("a <b> & c", 0.5)
     assert "a &lt;b&gt; &amp; c" in html and 'value="50.0"' in html
 
 
 def test_run_queue_is_first_come_first_served_with_estimates():
-    q = RunQueue()
-    first, second, third = q.join(), q.join(), q.join()
+    loaded = {"a", "b"}
+    q = RunQueue(is_loaded=lambda m: m in loaded)
+    first, second, third = q.join("a", 100), q.join("a", 50), q.join("b", 10)
     assert (q.ahead(first), q.ahead(second), q.ahead(third)) == (0, 1, 2)
-    assert q.estimate(1) is None  # nothing known yet
-    config = get_preset("shapes-gooddrag")
-    q.current = RunProgress(config, started=100.0)
-    q.current.fraction = 0.25
-    assert q.estimate(1, now=110.0) == pytest.approx(30.0)  # 10 s for a quarter: 30 s left
-    assert q.estimate(2, now=110.0) == pytest.approx(30.0 + 40.0)
+    assert q.estimate(first) == 0.0  # at the front
+    assert q.estimate(second) is None  # no run on "a" has finished: unknown, not a guess
+    q.started(first, now=100.0)
     heard = []
     done = threading.Event()
 
     def third_waits():
-        q.wait(third, lambda ahead, eta: heard.append(ahead), poll=0.05)
+        q.wait(third, lambda ahead, eta: heard.append((ahead, eta)), poll=0.05)
         done.set()
 
-    t = threading.Thread(target=third_waits)
+    t = threading.Thread(target=third_waits, daemon=True)  # daemon: a failed assert must not hang the run
     t.start()
     time.sleep(0.2)
-    assert not done.is_set() and heard and set(heard) == {2}
-    q.leave(first, seconds=20.0)
+    assert not done.is_set() and heard and {h[0] for h in heard} == {2} and heard[-1][1] is None
+    q.leave(first, seconds=20.0)  # 100 units in 20 s on "a": 0.2 s a unit
+    assert q.rate("a") == pytest.approx(0.2)
+    q.started(second, now=200.0)
+    assert q.estimate(third, now=204.0) == pytest.approx(6.0)  # 50 units at 0.2 s, 4 s of it done
+    other = q.join("a", 25)
+    assert q.estimate(other, now=204.0) is None  # "b" (third) has no finished run yet
+    measured = q.join("b", 10)
+    q.leave(measured, seconds=5.0)  # a run on "b" finished: 0.5 s a unit
+    assert q.estimate(other, now=204.0) == pytest.approx(6.0 + 5.0)
+    q.loaded("b", 3.0)
+    assert q.estimate(other, now=204.0) == pytest.approx(6.0 + 5.0)  # "b" is loaded: no loading time
+    loaded.discard("b")
+    assert q.estimate(other, now=204.0) == pytest.approx(6.0 + 3.0 + 5.0)  # not loaded: it counts
+    assert q.estimate(third, now=230.0) == 0.0  # ran longer than expected: no negative wait
     time.sleep(0.2)
-    assert not done.is_set() and heard[-1] == 1
-    assert q.estimate(1) == pytest.approx(20.0)  # the mean of finished runs
+    assert not done.is_set() and heard[-1][0] == 1
     q.leave(second)  # a cancelled run leaves without a duration
     assert done.wait(2)
     t.join()
-    assert q.ahead(third) == 0 and len(q) == 1
+    assert q.ahead(third) == 0 and len(q) == 2 and q.rate("a") == pytest.approx(0.2)

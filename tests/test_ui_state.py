@@ -267,3 +267,13 @@ def test_the_ui_and_the_cli_build_the_same_settings_for_an_example():
     assert ui == cli and ui.to_json() == cli.to_json()
     with pytest.raises(GoodDragError, match="setting latent_warp must be 1 \\(on\\) or 0 \\(off\\), got 2"):
         state.make_config(preset, {"latent_warp": 2})
+
+
+def test_result_panes_enlarge_small_pictures_and_shrink_large_ones():
+    from gooddrag.ui.views import to_view
+
+    small = Image.new("RGB", (64, 32), (10, 20, 30))
+    assert to_view(small, 8).size == (512, 256)
+    assert to_view(Image.new("RGB", (800, 600)), 1).size == (800, 600)  # fits: as it is
+    big = to_view(Image.new("RGB", (4000, 3000), (200, 100, 50)), 1)
+    assert big.size == (1024, 768) and big.getpixel((500, 400)) == (200, 100, 50)

@@ -92,6 +92,56 @@ def classify_source(model: str) -> ModelSource:
     return ModelSource("hub", model)
 
 
+HUB_PROBE_TIMEOUT = 3.0
+"""Seconds to wait for a TCP connection to the hub before calling it unreachable (huggingface_hub's
+own retries took 23 s to give up on an offline server)."""
+
+
+def hub_cached(repo_id: str) -> bool:
+    """Whether hub model ``repo_id`` is in the local Hugging Face cache (its model_index.json is)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
+    except Exception:  # noqa: BLE001 - a malformed id is simply not cached
+        return False
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
+    """Whether the hub (huggingface_hub's endpoint, ``HF_ENDPOINT``) accepts a connection within
+    ``timeout`` s; False at once with ``HF_HUB_OFFLINE``. A TCP connect, not a request: it
+    sends nothing and needs no token."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def availability(model: str) -> str:
+    """Where ``model`` (a built-in name, folder, file or hub id) would load from: "local" (a
+    shipped model, folder or file), "cached" (a hub id in the local cache), "download" (a
+    hub id to download) or "missing" (a path that does not exist)."""
+    from .models import resolve
+
+    try:
+        source = classify_source(resolve(model))
+    except GoodDragError:
+        return "missing"
+    if source.kind != "hub":
+        return "local"
+    return "cached" if hub_cached(source.location) else "download"
+
+
 def _offline_hint(what: str, name: str, err: Exception) -> GoodDragError:
     return GoodDragError(
         f"cannot load {what} {name!r} ({type(err).__name__}): it is not in the local Hugging Face cache and the hub "
@@ -168,6 +218,9 @@ def load_components(
     from .models import resolve
 
     source = classify_source(resolve(model))
+    if source.kind == "hub" and not hub_cached(source.location) and not hub_reachable():
+        # fail at once rather than after huggingface_hub's retries
+        raise _offline_hint("model", model, ConnectionError("hub unreachable"))
     kwargs = dict(torch_dtype=dtype)  # + the backbone's own (gooddrag.backbone.pipeline_kwargs)
     try:
         with warnings.catch_warnings():

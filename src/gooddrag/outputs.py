@@ -15,6 +15,7 @@ import platform
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,10 @@ def draw_points(
     and optionally the final handle positions (yellow). Points are (x, y) pixels."""
     out = image.convert("RGB").copy()
     if mask is not None and mask.shape == (out.height, out.width) and not mask.all():
-        arr = np.asarray(out).astype(np.float32)
-        arr[~mask] *= 0.6  # darken what must stay
-        out = Image.fromarray(arr.astype(np.uint8))
+        # darken what must stay to 0.6 of its value; a lookup table and a composite rather than
+        # float arrays: 2 s -> 0.1 s at 12 megapixels (same values: the table is float32, truncated)
+        dark = out.point(list((np.arange(256, dtype=np.float32) * np.float32(0.6)).astype(np.uint8)) * 3)
+        out = Image.composite(out, dark, Image.fromarray(np.asarray(mask, dtype=bool)))
     draw = ImageDraw.Draw(out)
     r = max(3, round(min(out.size) / 100))
     width = max(1, r // 2)
@@ -84,6 +86,60 @@ def draw_points(
         for fx, fy in final_points:
             draw.rectangle([fx - r, fy - r, fx + r, fy + r], outline=FINAL_COLOR, width=width)
     return out
+
+
+GIF_MAX_SIDE = 512
+"""The trajectory GIF's frames are scaled down to fit this many pixels (a GIF of full-size
+frames of a 12-megapixel picture took minutes to write); the PNGs keep the full size."""
+FAST_PNG_PIXELS = 4_000_000
+"""Pictures larger than this are written with zlib level 1 instead of Pillow's default 6:
+about twice as fast to write, files somewhat larger (same pixels)."""
+
+
+OVERLAY_MAX_SIDE = 2048
+"""``input_with_points.png`` and ``result_with_points.png`` (views for people: the points are in
+``new_points.json``) are scaled down to fit this many pixels; at 12 megapixels writing them at
+full size took as long as the rest of the folder."""
+
+
+def fit_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(w, h) scaled down (never up) to fit ``max_side``, keeping the aspect ratio."""
+    w, h = size
+    f = min(1.0, max_side / max(w, h))
+    return max(1, round(w * f)), max(1, round(h * f))
+
+
+def overlay(image: Image.Image, handle_points, target_points, mask=None, final_points=None,
+            max_side: int = OVERLAY_MAX_SIDE) -> Image.Image:
+    """:func:`draw_points` on ``image`` scaled down to fit ``max_side`` (points and mask scaled with it)."""
+    size = fit_size(image.size, max_side)
+    if size == image.size:
+        return draw_points(image, handle_points, target_points, mask, final_points)
+    f = size[0] / image.width
+    small = image.resize(size, Image.BILINEAR, reducing_gap=2.0)
+    if mask is not None:
+        mask = np.asarray(Image.fromarray(np.asarray(mask, dtype=bool)).resize(size, Image.NEAREST))
+    scale = (lambda p: None if p is None else (np.asarray(p, dtype=np.float64) + 0.5) * f - 0.5)
+    return draw_points(small, scale(handle_points), scale(target_points), mask, scale(final_points))
+
+
+def png_compress_level(pixels: int) -> int:
+    return 1 if pixels > FAST_PNG_PIXELS else 6
+
+
+def gif_frames(frames: list[Image.Image], max_side: int = GIF_MAX_SIDE) -> list[np.ndarray]:
+    """The trajectory's frames as RGB arrays scaled down (never up) to fit ``max_side``."""
+    size = fit_size(frames[0].size, max_side)
+    return [np.asarray((im if im.size == size else im.resize(size, Image.BILINEAR, reducing_gap=2.0))
+                       .convert("RGB")) for im in frames]
+
+
+def _write_gif(path: Path, frames: list[np.ndarray], duration_ms: int) -> None:
+    """An animated GIF, looping. Each frame gets its own 256-colour palette by Pillow's fast
+    octree quantizer (100x faster than the default median cut used by imageio: 3.4 s for
+    12 frames of 512x384 here; a drag's frames are smooth pictures, the loss is not visible)."""
+    q = [Image.fromarray(f).quantize(256, method=Image.Quantize.FASTOCTREE) for f in frames]
+    q[0].save(path, save_all=True, append_images=q[1:], duration=duration_ms, loop=0)
 
 
 def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
@@ -114,16 +170,29 @@ def write_result_folder(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        result.image.save(tmp / "edited.png")
-        input_image.save(tmp / "input.png")
+        level = png_compress_level(input_image.width * input_image.height)
+        images = {
+            "edited.png": lambda: result.image,
+            "input.png": lambda: input_image,
+            "input_with_points.png": lambda: overlay(input_image, result.initial_handle_points,
+                                                     result.target_points, mask),
+            "result_with_points.png": lambda: overlay(result.image, result.initial_handle_points,
+                                                      result.target_points, final_points=result.handle_points),
+        }
         if mask is not None:
-            Image.fromarray((mask.astype(np.uint8) * 255)).save(tmp / "mask.png")
-        draw_points(input_image, result.initial_handle_points, result.target_points, mask).save(
-            tmp / "input_with_points.png"
-        )
-        draw_points(
-            result.image, result.initial_handle_points, result.target_points, final_points=result.handle_points
-        ).save(tmp / "result_with_points.png")
+            images["mask.png"] = lambda: Image.fromarray(mask.astype(np.uint8) * 255)
+        jobs = [lambda name=name, make=make: make().save(tmp / name, compress_level=level)
+                for name, make in images.items()]
+        gif_size = None
+        if result.trajectory:
+            frames = gif_frames(result.trajectory)
+            gif_size = list(frames[0].shape[1::-1])
+            jobs.append(lambda: _write_gif(tmp / "trajectory.gif", frames, gif_duration_ms))
+        # Pillow's PNG and GIF encoders release the GIL: the files are written side by side
+        # (a 12-megapixel result's folder in about half the time on 2 cores)
+        with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+            for done in [pool.submit(job) for job in jobs]:
+                done.result()
         points = {
             "frame": "x, y pixels of the input image",
             "handle_points": result.initial_handle_points.tolist(),
@@ -131,11 +200,12 @@ def write_result_folder(
             "new_handle_points": np.round(result.handle_points, 3).tolist(),
         }
         (tmp / "new_points.json").write_text(json.dumps(points, indent=2))
-        if result.trajectory:
-            import imageio.v3 as iio
-
-            frames = [np.asarray(f.convert("RGB")) for f in result.trajectory]
-            iio.imwrite(tmp / "trajectory.gif", frames, extension=".gif", duration=gif_duration_ms, loop=0)
+        views = {"input_with_points.png": list(fit_size(input_image.size, OVERLAY_MAX_SIDE))}
+        if gif_size is not None:
+            views["trajectory.gif"] = gif_size
+        run_record = run_record | {"views": {
+            "sizes": views, "note": f"the points views fit {OVERLAY_MAX_SIDE} px and the trajectory's frames "
+                                    f"{GIF_MAX_SIDE} px; edited.png, input.png and mask.png are full size"}}
         (tmp / "run.json").write_text(json.dumps(run_record, indent=2, default=str))
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

@@ -8,6 +8,7 @@ shapes-64 model by default.
 The package, bottom to top:
 
 - :mod:`.state`: pure helpers (points, masks, uploads, display scaling, settings);
+- :mod:`.views`: result-pane pictures (large ones scaled down);
 - :mod:`.examples`: the example gallery;
 - :mod:`.engine`: model cache, one run at a time, cancellation, result folders;
 - :mod:`.handlers` and :mod:`.runs`: what the page's events do;

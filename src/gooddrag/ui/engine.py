@@ -57,12 +57,16 @@ def result_name(now: datetime | None = None) -> str:
 
 
 def zip_folder(folder: Path, dest: Path) -> Path:
-    """Every file of ``folder`` into ``dest`` (a zip), under ``<folder name>/``."""
+    """Every file of ``folder`` into ``dest`` (a zip), under ``<folder name>/``. PNG and GIF
+    files are stored as they are (already compressed: deflating them again took seconds at
+    12 megapixels for a few percent), the rest deflated."""
     tmp = dest.with_name(dest.name + ".part")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for f in sorted(folder.rglob("*")):
             if f.is_file():
-                zf.write(f, f"{folder.name}/{f.relative_to(folder).as_posix()}")
+                stored = f.suffix.lower() in (".png", ".gif")
+                zf.write(f, f"{folder.name}/{f.relative_to(folder).as_posix()}",
+                         compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
     os.replace(tmp, dest)
     return dest
 
@@ -74,6 +78,8 @@ class EditOutput:
     folder: Path
     zip_path: Path
     config: Any
+    queued_s: float = 0.0
+    """Seconds the run waited in the queue before it started."""
 
 
 @dataclass
@@ -99,7 +105,7 @@ class Engine:
                  models: dict[str, str] | None = None, allow_any_model: bool = False):
         self.models = served_models(models)
         self.allow_any_model = allow_any_model
-        self.queue = RunQueue()
+        self.queue = RunQueue(is_loaded=self.is_loaded)
         self.results_dir = Path(results_dir).resolve()
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.device = device
@@ -126,10 +132,33 @@ class Engine:
             return name
         raise GoodDragError(f"unknown model; choose one of: {', '.join(self.models)}")
 
+    def is_loaded(self, model: str | None) -> bool:
+        """Whether a pipeline of ``model`` (a served name) is loaded on this engine's device."""
+        try:
+            location = self.location(model)
+        except GoodDragError:
+            return False
+        return any(key[0] == location for key in list(self._pipes))
+
+    def model_choices(self) -> list[tuple[str, str]]:
+        """(label, name) of each served model; the label says when the server does not hold its
+        files yet (a hub id not in its cache: the first run downloads it, which needs the internet)."""
+        from ..loading import availability
+
+        def label(name: str) -> str:
+            where = availability(self.models[name])
+            if where == "download":
+                return f"{name} (not downloaded yet: the first run fetches it from the hub)"
+            if where == "missing":
+                return f"{name} (its files are missing on the server)"
+            return name
+        return [(label(name), name) for name in self.models]
+
     def pipeline(self, model: str, dtype: str = "fp32", vae: str | None = None) -> _Loaded:
         """The cached pipeline for (model, device, dtype, vae), loaded on first use.
         Loading errors become one-line GoodDragErrors (naming no server path unless
         ``allow_any_model``; the details go to the server log)."""
+        from ..loading import availability, hub_reachable
         from ..pipeline import DragPipeline
 
         location = self.location(model)
@@ -141,6 +170,9 @@ class Engine:
             if key in self._pipes:
                 self._pipes.move_to_end(key)
                 return self._pipes[key]
+            if availability(location) == "download" and not hub_reachable():
+                raise GoodDragError(f"cannot load model {model.strip()} on the server: it is not downloaded there "
+                                    "and the hub cannot be reached (offline)")
             while len(self._pipes) >= self.max_cached:  # make room first: two big models may not fit
                 self._pipes.popitem(last=False)
                 _free_device_memory()
@@ -229,8 +261,9 @@ class Engine:
         self.location(model)  # an unknown name is refused before queueing
         progress = RunProgress(config)
         report = on_progress or (lambda p: None)
-        ticket = self.queue.join()
+        ticket = self.queue.join(model.strip(), progress.total_work)
         seconds = None
+        joined = time.monotonic()
         try:
             self.queue.wait(ticket, on_wait)
             with self.run_lock:
@@ -238,7 +271,11 @@ class Engine:
                 self.queue.current = progress
                 progress.loading()
                 report(progress)
+                was_loaded = self.is_loaded(model)
                 loaded = self.pipeline(model, dtype, vae)
+                if not was_loaded:
+                    self.queue.loaded(model.strip(), time.monotonic() - progress.started)
+                self.queue.started(ticket)
                 if on_loaded:
                     on_loaded(loaded.pipe)
                 preset, config = self._fit_preset(loaded.pipe, preset, config, settings)
@@ -247,10 +284,11 @@ class Engine:
                 progress.saving()
                 report(progress)
                 out = self._write(loaded, image, points, mask, prompt, preset, config, result, source)
-                seconds = progress.elapsed()
+                seconds = time.monotonic() - ticket.started
+                out.queued_s = progress.started - joined
         finally:
             self.queue.leave(ticket, seconds)
-        logger.info("edit %s done in %.1f s", out.folder.name, seconds)
+        logger.info("edit %s done in %.1f s", out.folder.name, progress.elapsed())
         return out
 
     @staticmethod

@@ -162,8 +162,7 @@ class Handlers:
         points = self.engine.update_points(session, lambda _: points)
         text = f"{note} ({image.width}x{image.height} px)."
         misfit = self.misfit(model, image)
-        if misfit:
-            gr.Warning(misfit)
+        if misfit:  # in the status line only: toasts stayed on screen after they stopped being true
             text += f" Warning: {misfit}."
         self.editor_sets.server_set(session, mask)
         return (image, self.editor_value(image, mask), draw_overlay(image, points, s, mask),
@@ -188,7 +187,6 @@ class Handlers:
         try:
             image = load_upload(path, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
         except GoodDragError as err:
-            gr.Warning(str(err))
             return (*(gr.skip(),) * 4, status_html(f"Upload refused: {err}", kind="error"), gr.skip())
         return self.new_input(session_of(request), image, None, [], f"Loaded {Path(path).name}", model)
 
@@ -240,10 +238,17 @@ class Handlers:
         return draw_overlay(image, points, s, mask), describe_mask(mask)
 
     def on_model_change(self, model, preset, image):
+        """The preset follows the model; the status says whether the picture fits the new model
+        (replacing what it said about the old one)."""
         misfit = self.misfit(model, image)
-        if misfit:
-            gr.Warning(misfit)
-        return gr.update(value=preset_for_model(model, preset))
+        text = f"Model {model}." + (f" Warning: {misfit}." if misfit else "")
+        return gr.update(value=preset_for_model(model, preset)), status_html(text)
+
+    def on_upload_click(self):
+        """The upload button was pressed: what the status said about an earlier file goes (an upload
+        over the size limit is refused by the browser before any handler runs)."""
+        return status_html(f"Choose a picture: at most {self.max_bytes / 2**20:g} MB and "
+                           f"{self.max_pixels:,} pixels.")
 
     def on_clear_mask(self, image, request: gr.Request = None):
         """Clear mask (and the editor's own clear): the picture stays, the mask goes."""
@@ -264,8 +269,7 @@ class Handlers:
 
     def on_use_result(self, result, editor, request: gr.Request = None):
         if not result:
-            gr.Warning("No result yet: run an edit first.")
-            return (gr.skip(),) * 6
+            return (*(gr.skip(),) * 4, status_html("No result yet: run an edit first.", kind="error"), gr.skip())
         image = result["image"]
         s = display_scale(image.width, image.height)
         self.engine.update_points(session_of(request), lambda _: clear_points())
@@ -329,7 +333,10 @@ class Handlers:
                 on_progress=lambda p: progress(p.fraction, desc=p.text()),
             )
         except Exception as err:  # noqa: BLE001 - every failure is one line for the client
-            if not isinstance(err, GoodDragError):
+            text = message(err, paths_allowed=self.engine.allow_any_model)
+            if isinstance(err, GoodDragError):  # the caller is told: one line in the log, no traceback
+                logger.warning("API call refused: %s", text)
+            else:
                 logger.exception("API edit failed")
-            raise gr.Error(message(err, paths_allowed=self.engine.allow_any_model)) from None
+            raise gr.Error(text, print_exception=False) from None
         return out.result.image, self.engine.served_copy(out.zip_path)

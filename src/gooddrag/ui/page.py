@@ -16,6 +16,7 @@ import gradio as gr
 
 from ..config import PRESETS
 from ..models import SHAPES_MODEL
+from ..outputs import GIF_MAX_SIDE
 from .engine import DEFAULT_RESULTS_DIR, Engine
 from .examples import Example, shipped_examples
 from .handlers import Handlers
@@ -47,7 +48,14 @@ CSS = """
 .gd-status { padding: 4px 0; }
 .gd-error #status-text { color: var(--error-text-color, #b91c1c); font-weight: 600; }
 .gd-queued #status-text { font-weight: 600; }
+/* A narrow window: the examples wrap onto two columns instead of running off the right edge. */
+@media (max-width: 640px) {
+  #examples .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+  #examples, #examples .grid-wrap { height: auto !important; max-height: none !important; }
+}
 """
+EDITOR_HEIGHT = POINTS_HEIGHT = 480
+"""Pixels: low enough that Run and the status, under the points image, show without scrolling at 1280x900."""
 ANY_MODEL_NOTE = ("**Free model entry is on** (`--allow-any-model`): the model box takes any hub id or path "
                   "on this server. Use it for a single local user only.")
 
@@ -90,7 +98,6 @@ def build_app(
         page = SimpleNamespace(input_state=gr.State(None), result_state=gr.State(None))
         _input_section(page, handlers.examples)
         _settings_section(page, handlers, default_model, start_preset, engine)
-        _run_section(page)
         _results_section(page)
         _api_components(page)
         _wire(page, handlers, PageRuns(engine), device)
@@ -104,7 +111,8 @@ def build_app(
 
 # ------------------------------------------------------------------- layout
 def _input_section(page, examples: list[Example]) -> None:
-    """Upload, examples and the mask editor on the left; the points image on the right."""
+    """Upload, examples and the mask editor on the left; the points image, Run and the
+    status on the right (in view without scrolling at 1280x900)."""
     with gr.Row():
         with gr.Column(scale=1):
             with gr.Row():
@@ -113,15 +121,15 @@ def _input_section(page, examples: list[Example]) -> None:
             page.gallery = gr.Gallery(
                 value=[(draw_overlay(ex.image, ex.points, max(1, 128 // max(ex.image.size)), ex.mask), ex.name)
                        for ex in examples],
-                label="Examples (click one)", columns=max(1, len(examples)), rows=1, height=150,
-                allow_preview=False, interactive=False, elem_id="examples", buttons=[], format="png",
+                label=f"Examples ({len(examples)}: click one)", columns=max(1, len(examples)), rows=1,
+                height=150, allow_preview=False, interactive=False, elem_id="examples", buttons=[], format="png",
             ) if examples else None
             gr.Markdown("**Mask**: paint the region that may change (brush; eraser to remove). "
                         "The picture stays as it is.", elem_id="mask-label")
             page.editor = gr.ImageEditor(
                 show_label=False, sources=(), transforms=(), layers=False, type="numpy", image_mode="RGBA",
                 brush=gr.Brush(colors=[MASK_COLOR], color_mode="fixed", default_size=BRUSH_SIZE),
-                eraser=gr.Eraser(), height=620, elem_id="mask-editor", format="png",
+                eraser=gr.Eraser(), height=EDITOR_HEIGHT, elem_id="mask-editor", format="png",
                 # The editor may place a given layer (an example's mask) before its background
                 # has loaded, centred in a canvas of this size: make it the examples' display size.
                 canvas_size=(DISPLAY_SIDE, DISPLAY_SIDE),
@@ -132,12 +140,16 @@ def _input_section(page, examples: list[Example]) -> None:
         with gr.Column(scale=1):
             page.points_img = gr.Image(
                 label="Points: click a handle (red), then its target (blue)", interactive=False,
-                type="pil", format="png", elem_id="points-image", height=620, buttons=["fullscreen"],
+                type="pil", format="png", elem_id="points-image", height=POINTS_HEIGHT, buttons=["fullscreen"],
             )
             page.points_md = gr.Markdown(describe_points([]), elem_id="points-info")
             with gr.Row():
                 page.undo_btn = gr.Button("Undo last point", size="md", elem_id="undo")
                 page.clear_btn = gr.Button("Clear points", size="md", elem_id="clear")
+            with gr.Row():
+                page.run_btn = gr.Button("Run", variant="primary", elem_id="run")
+                page.cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel", interactive=False)
+            page.status = gr.HTML(status_html("Ready."), elem_id="status")
 
 
 def _number(name: str, typ, value, info: str):
@@ -155,7 +167,7 @@ def _settings_section(page, handlers: Handlers, default_model: str, start_preset
     with gr.Row():
         with gr.Column(scale=1):
             page.model_box = gr.Dropdown(
-                choices=list(engine.models), value=default_model, allow_custom_value=free, label="Model",
+                choices=engine.model_choices(), value=default_model, allow_custom_value=free, label="Model",
                 info=f"{SHAPES_MODEL}: the small offline demo model (64x64 pictures of shapes); "
                      + ("or any hub id or path on this server" if free else "the server offers these names"),
                 elem_id="model",
@@ -189,29 +201,24 @@ def _settings_section(page, handlers: Handlers, default_model: str, start_preset
                                                  info="weights; fp16 needs a GPU")
 
 
-def _run_section(page) -> None:
-    with gr.Row():
-        page.run_btn = gr.Button("Run", variant="primary", elem_id="run")
-        page.cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel", interactive=False)
-    page.status = gr.HTML(status_html("Ready."), elem_id="status")
-
-
 def _results_section(page) -> None:
     """Result with live preview, before/after, trajectory; download and reuse."""
     with gr.Row():
         with gr.Column():
             page.result_img = gr.Image(label="Result (live preview while running)", interactive=False, type="pil",
-                                       format="png", elem_id="result", height=520)
+                                       format="png", elem_id="result", height=520, buttons=["fullscreen"])
             page.show_final = gr.Checkbox(label="Show handles, targets and final handle positions (yellow)",
                                           value=False, elem_id="show-final")
         with gr.Column():
             page.slider = gr.ImageSlider(label="Before / after", type="pil", format="png", elem_id="before-after",
                                          max_height=520)
         with gr.Column():
-            page.gif = gr.Image(label="Trajectory (input, one frame per drag timestep, result)", type="filepath",
-                                interactive=False, elem_id="trajectory", height=520)
+            page.gif = gr.Image(label=f"Trajectory (input, one frame per drag timestep, result; frames at most "
+                                      f"{GIF_MAX_SIDE} px)", type="filepath", interactive=False, elem_id="trajectory",
+                                height=520)
     with gr.Row():
         page.download = gr.DownloadButton("Download result folder (.zip)", interactive=False, elem_id="download")
+        page.download_image = gr.DownloadButton("Download edited.png", interactive=False, elem_id="download-image")
         page.use_result = gr.Button("Use result as new input", elem_id="use-result", interactive=False)
 
 
@@ -253,8 +260,9 @@ def _wire(page, h: Handlers, runs: PageRuns, device: str) -> None:
     mask_outputs = [page.editor, page.points_img, page.mask_md]
     page.clear_mask_btn.click(h.on_clear_mask, page.input_state, mask_outputs, **ordered)
     page.editor.clear(h.on_clear_mask, page.input_state, mask_outputs, **ordered)
-    page.model_box.change(h.on_model_change, [page.model_box, page.preset_box, page.input_state], page.preset_box,
-                          **light)
+    page.model_box.change(h.on_model_change, [page.model_box, page.preset_box, page.input_state],
+                          [page.preset_box, page.status], **light)
+    page.upload.click(h.on_upload_click, None, page.status, **light)
     page.preset_box.change(h.on_preset_change, page.preset_box, list(page.boxes.values()), **light)
     page.show_final.change(h.on_show_points, [page.show_final, page.result_state], page.result_img, **light)
     page.use_result.click(h.on_use_result, [page.result_state, page.editor], input_outputs, **ordered).then(
@@ -262,8 +270,8 @@ def _wire(page, h: Handlers, runs: PageRuns, device: str) -> None:
     run_event = page.run_btn.click(
         runs.run, [page.input_state, page.editor, page.model_box, page.preset_box, page.prompt_box, page.vae_box,
                    page.dtype_box, page.show_final],
-        [page.status, page.result_img, page.slider, page.gif, page.download, page.result_state, page.use_result,
-         page.cancel_btn],
+        [page.status, page.result_img, page.slider, page.gif, page.download, page.download_image, page.result_state,
+         page.use_result, page.cancel_btn],
         inputs_kwargs=page.boxes, api_visibility="private", show_progress="hidden", **concurrency,
     )
     page.cancel_btn.click(h.on_cancel, None, [page.status, page.cancel_btn], cancels=[run_event],

@@ -94,11 +94,16 @@ class RunProgress:
             self.done[earlier] = self.size[earlier]
 
     def _update(self) -> None:
-        total = sum(self.weight[p] * self.size[p] for p in self.done) or 1
+        total = self.total_work or 1
         done = sum(self.weight[p] * min(self.done[p], self.size[p]) for p in self.done)
         self.fraction = max(self.fraction, min(1.0, done / total))
 
     # -- reading
+    @property
+    def total_work(self) -> float:
+        """The whole run's work in UNet passes (the phases' sizes times their weights)."""
+        return float(sum(self.weight[p] * self.size[p] for p in self.done))
+
     def elapsed(self, now: float | None = None) -> float:
         return (now if now is not None else time.monotonic()) - self.started
 
@@ -110,14 +115,17 @@ class RunProgress:
 
     def text(self, now: float | None = None) -> str:
         """E.g. ``Stage 4 of 5, drag and denoise: drag at timestep 2 of 10 · 45% · 12 s``."""
-        return (f"Stage {self.stage + 1} of {len(STAGES)}, {STAGES[self.stage].lower()}: {self.detail} · "
+        stage = STAGES[self.stage].lower()
+        detail = "" if self.detail == stage else f": {self.detail}"
+        return (f"Stage {self.stage + 1} of {len(STAGES)}, {stage}{detail} · "
                 f"{_percent(self.fraction)} · {self.elapsed(now):.0f} s")
 
 
 def wait_text(ahead: int, eta: float | None) -> str:
     """What a queued run is told: how many runs are before it and about how long."""
     runs = "1 run" if ahead == 1 else f"{ahead} runs"
-    when = f"about {eta:.0f} s to wait" if eta is not None else "wait time known once a run has made some progress"
+    when = (f"about {eta:.0f} s to wait" if eta is not None
+            else "wait unknown until a run on this model has finished here")
     return f"Queued: {runs} ahead of yours (position {ahead + 1}); {when}."
 
 

@@ -26,22 +26,24 @@ from .engine import EditOutput, Engine, RunCancelled
 from .handlers import message, session_of
 from .progress import status_html, wait_text
 from .shortfall import shortfall_limit_px, shortfall_message
-from .state import display_scale, draw_overlay, interleave_points, make_config, mask_from_editor, run_problem, \
-    to_display
+from .state import display_scale, draw_overlay, interleave_points, make_config, mask_from_editor, run_problem
+from .views import fitted_size, to_view
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS = 8
-"""The run's outputs: status, live result, before/after, GIF, zip, result state, use-result, cancel."""
+OUTPUTS = 9
+"""The run's outputs: status, live result, before/after, GIF, zip, edited.png, result state, use-result, cancel."""
 REPORT_EVERY = 0.25
 """Seconds between two status updates sent to the browser."""
+TICK = 1.0
+"""Seconds after which the running line is sent again without news (its elapsed time counts on)."""
 PREVIEW_SHARE = 0.05
 """Decoding previews may take at most this share of the run's time (they share the CPU/GPU with it)."""
 
 
 def status_only(html: str, **buttons) -> tuple:
     skip = gr.skip()
-    return (html, skip, skip, skip, skip, skip, buttons.get("use_result", skip), buttons.get("cancel", skip))
+    return (html, skip, skip, skip, skip, skip, skip, buttons.get("use_result", skip), buttons.get("cancel", skip))
 
 
 class PageRuns:
@@ -53,6 +55,7 @@ class PageRuns:
     def run(self, image, editor, model, preset, prompt, vae, dtype, show_final_points,
             request: gr.Request = None, **settings):
         """Run from the page: yields the outputs named in :data:`OUTPUTS`."""
+        clicked = time.monotonic()  # "Done in" counts from here, queue and saving included
         points = self.engine.points(session_of(request))
         mask = mask_from_editor(editor, image.size) if image is not None else None
         problem = run_problem(image, points, mask)
@@ -62,8 +65,7 @@ class PageRuns:
             make_config(preset, settings)
             self.engine.location(model)
         except GoodDragError as err:
-            text = self.engine_message(err)
-            gr.Warning(text)
+            text = self.engine_message(err)  # in the status beside Run (no toast: they piled up)
             yield status_only(status_html(f"Cannot run: {text}", kind="error"))
             return
         session = session_of(request)
@@ -75,10 +77,11 @@ class PageRuns:
                                   name="gooddrag-ui-run", daemon=True)
         thread.start()
         s = display_scale(image.width, image.height)
-        yield (status_html("Starting...", 0.0), to_display(image, s), gr.skip(), gr.skip(),
-               gr.update(interactive=False), gr.skip(), gr.update(interactive=False), gr.update(interactive=True))
+        off = gr.update(interactive=False)
+        yield (status_html("Starting...", 0.0), to_view(image, s), gr.skip(), gr.skip(), off, off, gr.skip(), off,
+               gr.update(interactive=True))
         try:
-            yield from self._report(image, events, thread, show_final_points)
+            yield from self._report(image, events, thread, show_final_points, clicked)
         finally:
             if thread.is_alive():  # closed early (page closed, cancelled): stop the worker
                 flags[0].set()
@@ -106,7 +109,7 @@ class PageRuns:
                 settings=job["settings"], model=job["model"], dtype=job["dtype"], vae=job["vae"], source="ui",
                 callback=on_step,
                 on_wait=lambda ahead, eta: (check(), events.put(("queued", ahead, eta))),
-                on_progress=lambda p: events.put(("progress", p.text(), p.fraction, p.step_kind)),
+                on_progress=lambda p: events.put(("progress", p, p.step_kind)),
                 on_loaded=lambda pipe: events.put(("pipe", pipe)),
             )
             events.put(("done", out))
@@ -117,11 +120,13 @@ class PageRuns:
         finally:
             self.engine.end_run(session, flags)
 
-    def _report(self, image, events, thread, show_final_points):
+    def _report(self, image, events, thread, show_final_points, clicked):
         """The page's outputs for the worker's events, until it ends (at most one status
-        update per REPORT_EVERY seconds; previews within PREVIEW_SHARE of the time)."""
+        update per REPORT_EVERY seconds; previews within PREVIEW_SHARE of the time). The
+        running line is sent again every TICK seconds without news (saving a large picture
+        sends none), so its elapsed seconds keep counting."""
         view = _Preview(image)
-        last_sent, pending, last_kind = 0.0, None, None
+        last_sent, pending, last_kind, running = 0.0, None, None, None
         while True:
             try:
                 item = events.get(timeout=REPORT_EVERY)
@@ -133,55 +138,60 @@ class PageRuns:
                     return
             kind = item[0] if item else None
             if kind in ("done", "error"):
-                yield self._ending(image, item, show_final_points)
+                yield self._ending(image, item, show_final_points, clicked)
                 return
+            now = time.monotonic()
             if kind == "queued":
-                pending = (status_html(wait_text(item[1], item[2]), kind="queued"), None)
+                pending, running = (status_html(wait_text(item[1], item[2]), kind="queued"), None), None
             elif kind == "progress":
-                pending = (status_html(item[1], item[2]), None)
+                running = item[1]
             elif kind is not None:
                 view.take(item)
-            now = time.monotonic()
+            if running is not None and (kind == "progress" or now - last_sent >= TICK):
+                pending = (status_html(running.text(now), running.fraction), None)
             # a new stage or step kind is shown at once (each is named in order); steps within one
             # are shown at most every REPORT_EVERY seconds
-            changed = kind == "progress" and item[3] != last_kind
+            changed = kind == "progress" and item[2] != last_kind
             if changed:
-                last_kind = item[3]
+                last_kind = item[2]
             if (pending and changed) or (now - last_sent >= REPORT_EVERY and (pending or view.due(now))):
                 frame = view.frame(now)
                 html = pending[0] if pending else gr.skip()
                 yield (html, frame if frame is not None else gr.skip(), *(gr.skip(),) * (OUTPUTS - 2))
                 last_sent, pending = now, None
 
-    def _ending(self, image, item, show_final_points) -> tuple:
+    def _ending(self, image, item, show_final_points, clicked) -> tuple:
         kind, value = item
         off = gr.update(interactive=False)
         if kind == "done":
-            return self._finished(image, value, show_final_points)
+            return self._finished(image, value, show_final_points, clicked)
         if isinstance(value, RunCancelled):
             return status_only(status_html("Run cancelled."), cancel=off)
         text = self.engine_message(value)
-        gr.Warning(text)
         return status_only(status_html(f"Error: {text}", kind="error"), cancel=off)
 
-    def _finished(self, image, out: EditOutput, show_final_points: bool) -> tuple:
+    def _finished(self, image, out: EditOutput, show_final_points: bool, clicked: float) -> tuple:
         r = out.result
         s = display_scale(image.width, image.height)
-        plain = to_display(r.image, s)
-        with_points = draw_overlay(r.image, interleave_points(r.initial_handle_points, r.target_points), s,
-                                   final_points=r.handle_points, shortfall_px=shortfall_limit_px(r))
+        plain = to_view(r.image, s)
+        with_points = to_view(draw_overlay(r.image, interleave_points(r.initial_handle_points, r.target_points), s,
+                                           final_points=r.handle_points, shortfall_px=shortfall_limit_px(r)), 1)
         result = {"image": r.image, "plain": plain, "with_points": with_points, "folder": str(out.folder)}
         dist = ", ".join(f"{d:.1f}" for d in np.linalg.norm(r.handle_points - r.target_points, axis=1))
-        text = (f"Done in {r.timings['total']:.1f} s: result {out.folder.name} "
+        took = time.monotonic() - clicked
+        queued = f", {out.queued_s:.0f} s of it queued" if out.queued_s >= 1 else ""
+        text = (f"Done in {took:.1f} s from the click{queued}: result {out.folder.name} "
                 f"(handle-to-target distance after the drag: {dist} px; stop: {r.stats.stop_reason}; "
                 f"LoRA: {r.lora.get('source')}).")
         short = shortfall_message(r)
         if short:
             text += " " + short[0].upper() + short[1:]
+        edited = self.engine.served_copy(out.folder / "edited.png", f"{out.folder.name}-edited.png")
         return (status_html(text, 1.0, kind="done"), with_points if show_final_points else plain,
-                (to_display(image, s), plain), self.engine.display_gif(out.folder, s),
-                gr.update(value=self.engine.served_copy(out.zip_path), interactive=True), result,
-                gr.update(interactive=True), gr.update(interactive=False))
+                (to_view(image, s), plain), self.engine.display_gif(out.folder, s),
+                gr.update(value=self.engine.served_copy(out.zip_path), interactive=True),
+                gr.update(value=edited, interactive=True, label=f"Download edited.png ({r.image.width}x{r.image.height})"),
+                result, gr.update(interactive=True), gr.update(interactive=False))
 
 
 class _Preview:
@@ -217,10 +227,14 @@ class _Preview:
         import torch
 
         t0 = time.monotonic()
+        # a large picture's preview is made at the pane's size, not at the picture's
+        view = fitted_size(self.image.size) if self.scale == 1 else self.image.size
+        f = view[0] / self.image.width
         with torch.no_grad():
-            frame = self.pipe.decode_latents(self.latents)[0].resize(self.image.size, Image.LANCZOS)
+            frame = self.pipe.decode_latents(self.latents)[0].resize(view, Image.LANCZOS)
         self.latents = None
         self.decoding += time.monotonic() - t0
         if self.handles is not None:
-            return draw_overlay(frame, [], self.scale, final_points=self.handles)
-        return to_display(frame, self.scale)
+            handles = (np.asarray(self.handles, dtype=np.float64) + 0.5) * f - 0.5
+            return draw_overlay(frame, [], self.scale, final_points=handles)
+        return to_view(frame, self.scale)
