@@ -41,13 +41,12 @@ from .state import (
     load_upload,
     mask_from_editor,
     mask_from_layers,
-    mask_layer,
     parse_settings,
     points_from_text,
     preset_for_model,
-    to_display,
     undo_point,
 )
+from .views import editor_layer, editor_size, to_view
 
 logger = logging.getLogger(__name__)
 
@@ -98,42 +97,55 @@ def file_path(value) -> str:
 
 
 ECHO_WINDOW = 5.0
-"""Seconds after the server sets the mask editor during which a change event carrying an
-older server-set mask is taken for a late echo of that older value, not for the user's work."""
+"""Seconds after the server sets the mask editor during which a change event carrying a mask
+from before that is taken for a late report of the old value, not for the user's work."""
 
 
 class EditorSets:
-    """The masks the server put into each session's editor, to spot late echoes.
+    """The masks each session's editor reported and the server put into it, to spot late reports.
 
-    The editor reports a change some time after it has drawn a value the server sent;
-    when the server sends a new value meanwhile (Clear mask right after an example),
-    the report of the old one can arrive last. Taking it would show a mask summary
-    and points view that the editor no longer shows."""
+    The editor reports a change some time after it was drawn (it uploads its layers first); when
+    the server sets a new value meanwhile (Clear mask just after a stroke or an example), the
+    report of the old value can arrive last. Taking it would show a mask summary and points view
+    that the editor no longer shows. A report is late when, within ECHO_WINDOW s of the server's
+    last set, it carries a mask seen before that set (server-set or painted) and not the set one."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._sets: dict[str, list] = {}
+        self._events: dict[str, list] = {}
 
     @staticmethod
     def key(mask: np.ndarray | None):
         return None if mask is None or not np.any(mask) else (np.shape(mask), hashlib.sha1(
             np.packbits(np.asarray(mask, dtype=bool)).tobytes()).hexdigest())
 
-    def server_set(self, session: str, mask: np.ndarray | None) -> None:
+    def _add(self, session: str, mask, by_server: bool) -> None:
         with self._lock:
-            self._sets[session] = (self._sets.get(session, []) + [(self.key(mask), time.monotonic())])[-4:]
+            self._events[session] = (self._events.get(session, []) + [(self.key(mask), time.monotonic(),
+                                                                         by_server)])[-16:]
+
+    def server_set(self, session: str, mask: np.ndarray | None) -> None:
+        self._add(session, mask, True)
+
+    def reported(self, session: str, mask: np.ndarray | None) -> None:
+        """The editor reported ``mask`` and it was taken."""
+        self._add(session, mask, False)
 
     def is_late_echo(self, session: str, mask: np.ndarray | None) -> bool:
         key = self.key(mask)
         with self._lock:
-            sets = self._sets.get(session, [])
-        if not sets or sets[-1][0] == key or time.monotonic() - sets[-1][1] > ECHO_WINDOW:
+            events = list(self._events.get(session, []))
+        sets = [i for i, (_, _, by_server) in enumerate(events) if by_server]
+        if not sets:
             return False
-        return any(old == key for old, _ in sets[:-1])
+        last_key, last_time, _ = events[sets[-1]]
+        if last_key == key or time.monotonic() - last_time > ECHO_WINDOW:
+            return False
+        return any(old == key for old, _, _ in events[:sets[-1]])
 
     def drop(self, session: str) -> None:
         with self._lock:
-            self._sets.pop(session, None)
+            self._events.pop(session, None)
 
 
 class Handlers:
@@ -171,8 +183,8 @@ class Handlers:
     def editor_value(self, image: Image.Image, mask: np.ndarray | None) -> dict:
         """The mask editor's value: the picture as its fixed background, the mask as its layer."""
         s = display_scale(image.width, image.height)
-        layer = mask_layer(mask, s)
-        return {"background": to_display(image, s), "layers": [layer] if layer is not None else [],
+        layer = editor_layer(mask, s)
+        return {"background": to_view(image, s), "layers": [layer] if layer is not None else [],
                 "composite": None}
 
     def misfit(self, model: str | None, image: Image.Image | None) -> str | None:
@@ -197,31 +209,33 @@ class Handlers:
 
     # -- points
     def points_view(self, image, points, editor):
+        """The points view and the mask line for the editor value an event carried: the mask a run
+        started now would use (so the two never disagree after Clear points or Undo)."""
         s = display_scale(image.width, image.height)
         try:
             mask = mask_from_editor(editor, image.size)
         except Exception:  # noqa: BLE001 - a preview only
-            mask = None
-        return draw_overlay(image, points, s, mask)
+            return draw_overlay(image, points, s, None), gr.skip()
+        return draw_overlay(image, points, s, mask), describe_mask(mask)
 
     def on_click(self, image, editor, evt: gr.SelectData, request: gr.Request = None):
         if image is None:
-            return gr.skip(), "Upload an image or pick an example first."
+            return gr.skip(), gr.skip(), "Upload an image or pick an example first."
         xy = click_to_image(evt.index, display_scale(image.width, image.height), image.size)
         points = self.engine.update_points(session_of(request), lambda old: add_point(old, xy))
-        return self.points_view(image, points, editor), describe_points(points)
+        return *self.points_view(image, points, editor), describe_points(points)
 
     def on_undo(self, image, editor, request: gr.Request = None):
         points = self.engine.update_points(session_of(request), undo_point)
         if image is None:
-            return gr.skip(), describe_points(points)
-        return self.points_view(image, points, editor), describe_points(points)
+            return gr.skip(), gr.skip(), describe_points(points)
+        return *self.points_view(image, points, editor), describe_points(points)
 
     def on_clear(self, image, editor, request: gr.Request = None):
         self.engine.update_points(session_of(request), lambda _: clear_points())
         if image is None:
-            return gr.skip(), describe_points([])
-        return self.points_view(image, [], editor), describe_points([])
+            return gr.skip(), gr.skip(), describe_points([])
+        return *self.points_view(image, [], editor), describe_points([])
 
     # -- mask, model, preset, result view
     def on_mask_change(self, image, editor, request: gr.Request = None):
@@ -230,11 +244,12 @@ class Handlers:
             return gr.skip(), gr.skip()
         s = display_scale(image.width, image.height)
         bg = editor.get("background")
-        if bg is not None and np.shape(bg)[:2] != (image.height * s, image.width * s):
+        if bg is not None and np.shape(bg)[1::-1] != editor_size(image.size, s):
             return gr.skip(), gr.skip()  # a change from before the new input arrived
         mask = mask_from_editor(editor, image.size)
         if self.editor_sets.is_late_echo(session_of(request), mask):
             return gr.skip(), gr.skip()
+        self.editor_sets.reported(session_of(request), mask)
         return draw_overlay(image, points, s, mask), describe_mask(mask)
 
     def on_model_change(self, model, preset, image):
@@ -274,7 +289,7 @@ class Handlers:
         s = display_scale(image.width, image.height)
         self.engine.update_points(session_of(request), lambda _: clear_points())
         layers = list((editor or {}).get("layers") or [])
-        ed = {"background": to_display(image, s), "layers": layers, "composite": None}
+        ed = {"background": to_view(image, s), "layers": layers, "composite": None}
         mask = mask_from_layers(layers, image.size)
         self.editor_sets.server_set(session_of(request), mask)
         return (image, ed, draw_overlay(image, [], s, mask), describe_points([]),

@@ -251,12 +251,14 @@ def _wire(page, h: Handlers, runs: PageRuns, device: str) -> None:
     page.upload.upload(h.on_upload, [page.upload, page.model_box], input_outputs, **ordered)
     if page.gallery is not None:
         page.gallery.select(h.on_example, page.model_box, [*input_outputs, page.prompt_box], **ordered)
-    point_inputs, point_outputs = [page.input_state, page.editor], [page.points_img, page.points_md]
+    point_inputs, point_outputs = [page.input_state, page.editor], [page.points_img, page.mask_md, page.points_md]
     page.points_img.select(h.on_click, point_inputs, point_outputs, **ordered)
     page.undo_btn.click(h.on_undo, point_inputs, point_outputs, **ordered)
     page.clear_btn.click(h.on_clear, point_inputs, point_outputs, **ordered)
+    # in the same one-at-a-time line as Clear mask and the clicks: a stroke's report sent before
+    # Clear mask is handled before it, never after (it then showed a mask the editor no longer had)
     page.editor.change(h.on_mask_change, point_inputs, [page.points_img, page.mask_md],
-                       trigger_mode="always_last", **light)
+                       **(ordered | dict(trigger_mode="always_last")))
     mask_outputs = [page.editor, page.points_img, page.mask_md]
     page.clear_mask_btn.click(h.on_clear_mask, page.input_state, mask_outputs, **ordered)
     page.editor.clear(h.on_clear_mask, page.input_state, mask_outputs, **ordered)

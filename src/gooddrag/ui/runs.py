@@ -26,7 +26,8 @@ from .engine import EditOutput, Engine, RunCancelled
 from .handlers import message, session_of
 from .progress import status_html, wait_text
 from .shortfall import shortfall_limit_px, shortfall_message
-from .state import display_scale, draw_overlay, interleave_points, make_config, mask_from_editor, run_problem
+from .state import describe_mask, display_scale, draw_overlay, interleave_points, make_config, mask_from_editor, \
+    run_problem
 from .views import fitted_size, to_view
 
 logger = logging.getLogger(__name__)
@@ -78,10 +79,10 @@ class PageRuns:
         thread.start()
         s = display_scale(image.width, image.height)
         off = gr.update(interactive=False)
-        yield (status_html("Starting...", 0.0), to_view(image, s), gr.skip(), gr.skip(), off, off, gr.skip(), off,
+        yield (status_html(f"Starting. {describe_mask(mask)}", 0.0), to_view(image, s), gr.skip(), gr.skip(), off, off, gr.skip(), off,
                gr.update(interactive=True))
         try:
-            yield from self._report(image, events, thread, show_final_points, clicked)
+            yield from self._report(image, events, thread, show_final_points, clicked, mask)
         finally:
             if thread.is_alive():  # closed early (page closed, cancelled): stop the worker
                 flags[0].set()
@@ -120,7 +121,7 @@ class PageRuns:
         finally:
             self.engine.end_run(session, flags)
 
-    def _report(self, image, events, thread, show_final_points, clicked):
+    def _report(self, image, events, thread, show_final_points, clicked, mask):
         """The page's outputs for the worker's events, until it ends (at most one status
         update per REPORT_EVERY seconds; previews within PREVIEW_SHARE of the time). The
         running line is sent again every TICK seconds without news (saving a large picture
@@ -138,7 +139,7 @@ class PageRuns:
                     return
             kind = item[0] if item else None
             if kind in ("done", "error"):
-                yield self._ending(image, item, show_final_points, clicked)
+                yield self._ending(image, item, show_final_points, clicked, mask)
                 return
             now = time.monotonic()
             if kind == "queued":
@@ -160,17 +161,17 @@ class PageRuns:
                 yield (html, frame if frame is not None else gr.skip(), *(gr.skip(),) * (OUTPUTS - 2))
                 last_sent, pending = now, None
 
-    def _ending(self, image, item, show_final_points, clicked) -> tuple:
+    def _ending(self, image, item, show_final_points, clicked, mask) -> tuple:
         kind, value = item
         off = gr.update(interactive=False)
         if kind == "done":
-            return self._finished(image, value, show_final_points, clicked)
+            return self._finished(image, value, show_final_points, clicked, mask)
         if isinstance(value, RunCancelled):
             return status_only(status_html("Run cancelled."), cancel=off)
         text = self.engine_message(value)
         return status_only(status_html(f"Error: {text}", kind="error"), cancel=off)
 
-    def _finished(self, image, out: EditOutput, show_final_points: bool, clicked: float) -> tuple:
+    def _finished(self, image, out: EditOutput, show_final_points: bool, clicked: float, mask) -> tuple:
         r = out.result
         s = display_scale(image.width, image.height)
         plain = to_view(r.image, s)
@@ -182,7 +183,7 @@ class PageRuns:
         queued = f", {out.queued_s:.0f} s of it queued" if out.queued_s >= 1 else ""
         text = (f"Done in {took:.1f} s from the click{queued}: result {out.folder.name} "
                 f"(handle-to-target distance after the drag: {dist} px; stop: {r.stats.stop_reason}; "
-                f"LoRA: {r.lora.get('source')}).")
+                f"LoRA: {r.lora.get('source')}). {describe_mask(mask)}")
         short = shortfall_message(r)
         if short:
             text += " " + short[0].upper() + short[1:]
