@@ -89,3 +89,35 @@ def test_bf16_weights_load_and_run(tiny_model_dir):
     z = torch.randn(1, 4, 8, 8)
     out = pipe.model_output(z, torch.tensor(10), pipe.encode_prompt(""))
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_an_uncached_hub_model_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch, tiny_model_dir):
+    """Without HF_HUB_OFFLINE, an unreachable hub is found by one short TCP connect (huggingface_hub's
+    own retries took 23 s); a listening endpoint counts as reachable; local models are 'local'."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    from gooddrag.loading import availability, hub_reachable
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as s:  # a port nobody listens on: the connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed}")
+    assert not hub_reachable()
+    t0 = time.monotonic()
+    with pytest.raises(GoodDragError, match="not in the local Hugging Face cache and the hub cannot be reached"):
+        load_components("someone/not-downloaded-model")
+    assert time.monotonic() - t0 < 5
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{listening.getsockname()[1]}")
+        assert hub_reachable()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert not hub_reachable()  # offline mode: no connection tried
+    assert availability("someone/not-downloaded-model") == "download"
+    assert availability(str(tiny_model_dir)) == "local" and availability("shapes-64") == "local"
+    assert availability("./no/such/folder") == "missing"
