@@ -113,3 +113,28 @@ def test_run_queue_is_first_come_first_served_with_estimates():
     assert done.wait(2)
     t.join()
     assert q.ahead(third) == 0 and len(q) == 2 and q.rate("a") == pytest.approx(0.2)
+
+
+def test_the_page_keeps_counting_while_a_run_sends_no_news():
+    """Saving a large picture sends no events for seconds: the status line is sent again each
+    TICK with the elapsed time still counting (it froze for ~20 s at 12 MP, issue P2 item 4)."""
+    import queue as queue_mod
+
+    pytest.importorskip("gradio")
+    from PIL import Image
+
+    from gooddrag.ui import runs
+
+    p = RunProgress(get_preset("shapes-gooddrag"), started=time.monotonic() - 10)
+    p.saving()
+    events = queue_mod.Queue()
+    events.put(("progress", p, p.step_kind))
+    alive = threading.Thread(target=time.sleep, args=(5,), daemon=True)
+    alive.start()
+    threading.Timer(2.7, lambda: events.put(("error", runs.RunCancelled()))).start()
+    page = runs.PageRuns(engine=None)
+    sent = [out[0] for out in page._report(Image.new("RGB", (8, 8)), events, alive, False, time.monotonic(), None)]
+    saving = [s for s in sent if isinstance(s, str) and "saving" in s]
+    seconds = [int(s.split("· ")[-1].split(" s")[0]) for s in saving]
+    assert len(saving) >= 3 and seconds == sorted(seconds) and seconds[-1] - seconds[0] >= 2, saving
+    assert "Run cancelled." in sent[-1]
