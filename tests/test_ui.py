@@ -599,7 +599,7 @@ def test_queue_wait_estimates_come_within_half_of_the_real_wait(tmp_path):
     first.start()
     while "first" not in began:
         time.sleep(0.01)
-    edit("early", 2, 5)
+    edit("early", 2, 15)  # two lengths measured: a fixed part per run and a part per unit
     first.join()
     assert told["early"] and all(eta is None for *_, eta in told["early"])
 

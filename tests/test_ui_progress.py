@@ -94,7 +94,7 @@ def test_run_queue_is_first_come_first_served_with_estimates():
     time.sleep(0.2)
     assert not done.is_set() and heard and {h[0] for h in heard} == {2} and heard[-1][1] is None
     q.leave(first, seconds=20.0)  # 100 units in 20 s on "a": 0.2 s a unit
-    assert q.rate("a") == pytest.approx(0.2)
+    assert q.predict("a", 50) == pytest.approx(10.0)  # one run: 0.2 s a unit
     q.started(second, now=200.0)
     assert q.estimate(third, now=204.0) == pytest.approx(6.0)  # 50 units at 0.2 s, 4 s of it done
     other = q.join("a", 25)
@@ -112,7 +112,11 @@ def test_run_queue_is_first_come_first_served_with_estimates():
     q.leave(second)  # a cancelled run leaves without a duration
     assert done.wait(2)
     t.join()
-    assert q.ahead(third) == 0 and len(q) == 2 and q.rate("a") == pytest.approx(0.2)
+    assert q.ahead(third) == 0 and len(q) == 2 and q.predict("a", 100) == pytest.approx(20.0)
+    fit = RunQueue()
+    for work, seconds in ((100, 2.0), (300, 4.0)):
+        fit.leave(fit.join("m", work), seconds=seconds)
+    assert fit.predict("m", 200) == pytest.approx(3.0)  # 1 s a run + 0.01 s a unit, not 200 x 0.015
 
 
 def test_the_page_keeps_counting_while_a_run_sends_no_news():

@@ -6,11 +6,11 @@ UNet passes), and waits until it is at the front (:meth:`RunQueue.wait`), hearin
 its position and an estimate of the wait on the way; it leaves the queue when it
 ends, which lets the next one start.
 
-The estimate comes from measured runs only: each finished run on a model gives
-that model's seconds per unit of work (the last few runs pooled), and each load
-of a model its loading time. A run ahead is then expected to take its work times
-its model's rate (plus the loading time when its model is not loaded), the
-running one less the time it has already run. Before a run on a model has
+The estimate comes from measured runs only: the last few finished runs on a
+model give its seconds for a given work (:meth:`RunQueue.predict`), and each
+load of a model its loading time. A run ahead is then expected to take that
+(plus the loading time when its model is not loaded), the running one less the
+time it has already run. Before a run on a model has
 finished, the estimate is unknown (None), never a guess: projecting from the
 running run's own progress was off by 10x (a cached LoRA makes its first
 percent arrive at once).
@@ -40,7 +40,7 @@ class Ticket:
 
 class RunQueue:
     """First come, first served. ``is_loaded(model)`` says whether a model is loaded (its
-    loading time is then not part of a wait); ``history``: runs per model the rate pools."""
+    loading time is then not part of a wait); ``history``: finished runs per model the estimates use."""
 
     def __init__(self, history: int = 5, is_loaded: Callable[[str | None], bool] | None = None):
         self._cond = threading.Condition()
@@ -87,20 +87,32 @@ class RunQueue:
         with self._cond:
             return len(self._tickets)
 
-    def rate(self, model: str | None) -> float | None:
-        """Measured seconds per unit of work on ``model`` (recent runs pooled); None before one finished."""
+    def predict(self, model: str | None, work: float) -> float | None:
+        """Expected seconds for ``work`` on ``model`` from its recent finished runs: a straight line
+        (a fixed part per run plus a part per unit, least squares) once they differ in work, else
+        their pooled seconds per unit; None before one finished. (The fixed part is real: saving,
+        decoding and tracking cost a short run relatively more, up to 1.6x per unit here.)"""
         with self._cond:
             runs = list(self._runs.get(model, ()))
-        work = sum(w for w, _ in runs)
-        return sum(s for _, s in runs) / work if work > 0 else None
+        if not runs:
+            return None
+        works = [w for w, _ in runs]
+        secs = [s for _, s in runs]
+        if max(works) > min(works):
+            mw, ms = sum(works) / len(works), sum(secs) / len(secs)
+            slope = (sum((w - mw) * (s - ms) for w, s in runs) / sum((w - mw) ** 2 for w in works))
+            fixed = ms - slope * mw
+            if slope > 0 and fixed >= 0:
+                return fixed + slope * work
+        return sum(secs) / sum(works) * work
 
     def duration(self, ticket: Ticket) -> float | None:
         """Expected seconds for ``ticket``'s run from its start, loading included when needed."""
-        rate = self.rate(ticket.model)
-        if rate is None:
+        run = self.predict(ticket.model, ticket.work)
+        if run is None:
             return None
         load = 0.0 if self._is_loaded(ticket.model) else self._loads.get(ticket.model, 0.0)
-        return load + rate * ticket.work
+        return load + run
 
     def estimate(self, ticket: Ticket, now: float | None = None) -> float | None:
         """Seconds until ``ticket``'s run starts; 0 at the front; None when a run ahead of it
@@ -110,11 +122,11 @@ class RunQueue:
             before = self._tickets[:self._tickets.index(ticket)] if ticket in self._tickets else []
         total = 0.0
         for i, other in enumerate(before):
-            rate = self.rate(other.model)
-            if rate is None:
+            run = self.predict(other.model, other.work)
+            if run is None:
                 return None
             if i == 0 and other.started is not None:  # running: what is left of it
-                total += max(0.0, rate * other.work - (now - other.started))
+                total += max(0.0, run - (now - other.started))
             else:
                 total += self.duration(other)
         return total
