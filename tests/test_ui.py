@@ -417,7 +417,7 @@ def test_browser_upload_paint_click_run_download(served, tmp_path):
         assert 0.03 < mask.mean() < 0.6 and mask[30:34, 24:40].all()  # the band painted above
         _check_progress_log(log)
         # the mask is drawn as outline + hatching: every other pixel keeps the picture's colour
-        from gooddrag.ui.state import mask_marks, to_display
+        from gooddrag.ui.views import mask_marks, to_display
 
         big = np.repeat(np.repeat(mask, 8, 0), 8, 1)
         keep = big & ~mask_marks(big)
@@ -504,7 +504,7 @@ def test_browser_example_points_undo_clear_and_cancel(served, tmp_path):
         assert after_clear.std() > 20 and (after_clear > 245).all(axis=-1).mean() < 0.5  # the picture is there
         assert np.abs(after_clear - before_clear).mean() < 25  # only the mask went
         from gooddrag.ui.examples import shipped_examples
-        from gooddrag.ui.state import draw_overlay
+        from gooddrag.ui.views import draw_overlay
 
         ex = shipped_examples(repo_examples=False)[0]
         expected = np.asarray(draw_overlay(ex.image, ex.points, 8))  # the points view without a mask
@@ -631,7 +631,7 @@ def test_browser_newcomer_session_messages_mask_and_layout(served, tmp_path):
     points (repeated) the mask line, the editor and the points view agree (no mask), and a run
     uses none; the edited picture downloads at its real size."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    from gooddrag.ui.state import draw_overlay
+    from gooddrag.ui.views import draw_overlay
 
     url, results = served
     yy, xx = np.mgrid[0:256, 0:256]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from gooddrag.errors import GoodDragError
-from gooddrag.ui import shortfall, state
+from gooddrag.ui import shortfall, state, views
 
 
 # ------------------------------------------------------------------ points
@@ -47,14 +47,14 @@ def test_describe_points_says_what_the_next_click_does():
 
 
 def test_display_frames_map_clicks_back_to_input_pixels():
-    assert state.display_scale(64, 64) == 8
-    assert state.display_scale(96, 80) == 5
-    assert state.display_scale(1024, 300) == 1
-    assert state.click_to_image([0, 0], 8, (64, 64)) == [0, 0]
-    assert state.click_to_image([15, 8], 8, (64, 64)) == [1, 1]
-    assert state.click_to_image([511.9, 600], 8, (64, 64)) == [63, 63]  # clamped inside
+    assert views.display_scale(64, 64) == 8
+    assert views.display_scale(96, 80) == 5
+    assert views.display_scale(1024, 300) == 1
+    assert views.click_to_image([0, 0], 8, (64, 64)) == [0, 0]
+    assert views.click_to_image([15, 8], 8, (64, 64)) == [1, 1]
+    assert views.click_to_image([511.9, 600], 8, (64, 64)) == [63, 63]  # clamped inside
     img = Image.new("RGB", (64, 48), (10, 20, 30))
-    big = state.to_display(img, 8)
+    big = views.to_display(img, 8)
     assert big.size == (512, 384)
     np.testing.assert_array_equal(np.asarray(big)[::8, ::8], np.asarray(img))
 
@@ -63,7 +63,7 @@ def test_overlay_draws_pairs_and_a_pending_handle():
     img = Image.new("RGB", (64, 64), (0, 0, 0))
     mask = np.zeros((64, 64), bool)
     mask[20:40, 10:50] = True
-    out = np.asarray(state.draw_overlay(img, [[20, 30], [40, 30], [10, 10]], 8, mask))
+    out = np.asarray(views.draw_overlay(img, [[20, 30], [40, 30], [10, 10]], 8, mask))
     assert out.shape == (512, 512, 3)
     red = (out[..., 0] > 200) & (out[..., 1] < 80) & (out[..., 2] < 80)
     blue = (out[..., 2] > 200) & (out[..., 0] < 80)
@@ -104,10 +104,10 @@ def test_mask_from_editor_empty_or_erased_is_none():
 def test_mask_layer_round_trips():
     mask = np.zeros((16, 20), bool)
     mask[3:9, 4:15] = True
-    layer = state.mask_layer(mask, 4)
+    layer = views.mask_layer(mask, 4)
     assert layer.shape == (64, 80, 4)
     np.testing.assert_array_equal(state.mask_from_layers([layer], (20, 16)), mask)
-    assert state.mask_layer(None, 4) is None
+    assert views.mask_layer(None, 4) is None
 
 
 # ---------------------------------------------------------- uploads, checks
@@ -198,10 +198,10 @@ def test_mask_overlay_keeps_the_colours_under_it():
     mask = np.zeros((32, 32), bool)
     mask[8:24, 4:20] = True
     scale = 4
-    out = np.asarray(state.draw_overlay(image, [], scale, mask)).astype(int)
-    disp = np.asarray(state.to_display(image, scale)).astype(int)
+    out = np.asarray(views.draw_overlay(image, [], scale, mask)).astype(int)
+    disp = np.asarray(views.to_display(image, scale)).astype(int)
     big = np.repeat(np.repeat(mask, scale, 0), scale, 1)
-    marks = state.mask_marks(big)
+    marks = views.mask_marks(big)
     assert marks.any() and not marks[~big].any()  # marks lie inside the mask only
     assert 0.05 < marks[big].mean() < 0.5  # an outline and sparse hatching, not a fill
     np.testing.assert_array_equal(out[~marks], disp[~marks])
@@ -237,8 +237,8 @@ def test_shortfall_message_names_each_handle_short_of_its_target():
 def test_a_handle_that_stopped_short_gets_an_orange_line_to_its_target():
     img = Image.new("RGB", (64, 64), (40, 40, 40))
     points = [[10.0, 30.0], [50.0, 30.0]]
-    short = state.draw_overlay(img, points, 4, final_points=np.asarray([[20.0, 30.0]]), shortfall_px=1.0)
-    there = state.draw_overlay(img, points, 4, final_points=np.asarray([[49.5, 30.0]]), shortfall_px=1.0)
+    short = views.draw_overlay(img, points, 4, final_points=np.asarray([[20.0, 30.0]]), shortfall_px=1.0)
+    there = views.draw_overlay(img, points, 4, final_points=np.asarray([[49.5, 30.0]]), shortfall_px=1.0)
     # halfway between the final handle (x 20) and the target (x 50), on the arrow's row: display (35*4, 30*4)
     assert short.getpixel((140, 120)) == state.SHORTFALL_COLOR
     assert there.getpixel((140, 120)) != state.SHORTFALL_COLOR
@@ -269,11 +269,21 @@ def test_the_ui_and_the_cli_build_the_same_settings_for_an_example():
         state.make_config(preset, {"latent_warp": 2})
 
 
-def test_result_panes_enlarge_small_pictures_and_shrink_large_ones():
-    from gooddrag.ui.views import to_view
-
-    small = Image.new("RGB", (64, 32), (10, 20, 30))
-    assert to_view(small, 8).size == (512, 256)
-    assert to_view(Image.new("RGB", (800, 600)), 1).size == (800, 600)  # fits: as it is
-    big = to_view(Image.new("RGB", (4000, 3000), (200, 100, 50)), 1)
-    assert big.size == (1024, 768) and big.getpixel((500, 400)) == (200, 100, 50)
+def test_large_pictures_are_shown_scaled_down_and_clicks_map_back():
+    """A 4000x3000 picture is shown at 1024x768 (scale 0.256): a click lands on the input pixel
+    under the shown pixel's centre, points and masks are drawn at the shown size."""
+    s = views.display_scale(4000, 3000)
+    assert s == pytest.approx(0.256) and views.display_scale(1024, 300) == 1
+    big = Image.new("RGB", (4000, 3000), (200, 100, 50))
+    assert views.to_display(big, s).size == (1024, 768) and views.to_display(big, s).getpixel((5, 5)) == (200, 100, 50)
+    assert views.click_to_image([0, 0], s, (4000, 3000)) == [1, 1]  # (0.5 / 0.256) = 1.95
+    assert views.click_to_image([1023, 767], s, (4000, 3000)) == [3998, 2998]  # (1023.5 / 0.256) = 3998.05
+    assert views.click_to_image([512, 384], s, (4000, 3000)) == [2001, 1501]
+    np.testing.assert_allclose(views.image_to_display(np.array([[1999.5, 1499.5]]), s), [[511.5, 383.5]])  # centre to centre
+    mask = np.zeros((3000, 4000), bool)
+    mask[1000:2000, 2000:3000] = True
+    layer = views.mask_layer(mask, s)
+    assert layer.shape == (768, 1024, 4) and layer[500, 640, 3] > 0 and layer[100, 100, 3] == 0
+    assert state.mask_from_layers([layer], (4000, 3000))[1500, 2500] and not state.mask_from_layers([layer], (4000, 3000))[500, 500]
+    shown = views.draw_overlay(big, [[2000, 1500], [2400, 1500]], s, mask)
+    assert shown.size == (1024, 768)

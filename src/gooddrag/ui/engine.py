@@ -363,7 +363,7 @@ class Engine:
         gif = folder / "trajectory.gif"
         if not gif.is_file():
             return None
-        if scale == 1:
+        if scale <= 1:  # the frames already fit 512 px
             return self.served_copy(gif, f"{folder.name}-trajectory.gif")
         import imageio.v3 as iio
 

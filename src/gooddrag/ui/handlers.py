@@ -32,12 +32,9 @@ from .state import (
     MAIN_SETTINGS,
     add_point,
     clear_points,
-    click_to_image,
     default_preset,
     describe_mask,
     describe_points,
-    display_scale,
-    draw_overlay,
     load_upload,
     mask_from_editor,
     mask_from_layers,
@@ -46,7 +43,7 @@ from .state import (
     preset_for_model,
     undo_point,
 )
-from .views import editor_layer, editor_size, to_view
+from .views import click_to_image, display_scale, display_size, draw_overlay, mask_layer, to_display
 
 logger = logging.getLogger(__name__)
 
@@ -183,8 +180,8 @@ class Handlers:
     def editor_value(self, image: Image.Image, mask: np.ndarray | None) -> dict:
         """The mask editor's value: the picture as its fixed background, the mask as its layer."""
         s = display_scale(image.width, image.height)
-        layer = editor_layer(mask, s)
-        return {"background": to_view(image, s), "layers": [layer] if layer is not None else [],
+        layer = mask_layer(mask, s)
+        return {"background": to_display(image, s), "layers": [layer] if layer is not None else [],
                 "composite": None}
 
     def misfit(self, model: str | None, image: Image.Image | None) -> str | None:
@@ -244,7 +241,7 @@ class Handlers:
             return gr.skip(), gr.skip()
         s = display_scale(image.width, image.height)
         bg = editor.get("background")
-        if bg is not None and np.shape(bg)[1::-1] != editor_size(image.size, s):
+        if bg is not None and np.shape(bg)[1::-1] != display_size(image.size, s):
             return gr.skip(), gr.skip()  # a change from before the new input arrived
         mask = mask_from_editor(editor, image.size)
         if self.editor_sets.is_late_echo(session_of(request), mask):
@@ -289,7 +286,7 @@ class Handlers:
         s = display_scale(image.width, image.height)
         self.engine.update_points(session_of(request), lambda _: clear_points())
         layers = list((editor or {}).get("layers") or [])
-        ed = {"background": to_view(image, s), "layers": layers, "composite": None}
+        ed = {"background": to_display(image, s), "layers": layers, "composite": None}
         mask = mask_from_layers(layers, image.size)
         self.editor_sets.server_set(session_of(request), mask)
         return (image, ed, draw_overlay(image, [], s, mask), describe_points([]),

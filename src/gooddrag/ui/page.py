@@ -32,8 +32,8 @@ from .state import (
     default_preset,
     describe_mask,
     describe_points,
-    draw_overlay,
 )
+from .views import draw_overlay
 
 INSTRUCTIONS = """## gooddrag: drag editing with diffusion models
 

@@ -26,9 +26,8 @@ from .engine import EditOutput, Engine, RunCancelled
 from .handlers import message, session_of
 from .progress import status_html, wait_text
 from .shortfall import shortfall_limit_px, shortfall_message
-from .state import describe_mask, display_scale, draw_overlay, interleave_points, make_config, mask_from_editor, \
-    run_problem
-from .views import fitted_size, to_view
+from .state import describe_mask, interleave_points, make_config, mask_from_editor, run_problem
+from .views import display_scale, display_size, draw_overlay, image_to_display, to_display
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +78,8 @@ class PageRuns:
         thread.start()
         s = display_scale(image.width, image.height)
         off = gr.update(interactive=False)
-        yield (status_html(f"Starting. {describe_mask(mask)}", 0.0), to_view(image, s), gr.skip(), gr.skip(), off, off, gr.skip(), off,
-               gr.update(interactive=True))
+        yield (status_html(f"Starting. {describe_mask(mask)}", 0.0), to_display(image, s), gr.skip(), gr.skip(), off,
+               off, gr.skip(), off, gr.update(interactive=True))
         try:
             yield from self._report(image, events, thread, show_final_points, clicked, mask)
         finally:
@@ -174,9 +173,9 @@ class PageRuns:
     def _finished(self, image, out: EditOutput, show_final_points: bool, clicked: float, mask) -> tuple:
         r = out.result
         s = display_scale(image.width, image.height)
-        plain = to_view(r.image, s)
-        with_points = to_view(draw_overlay(r.image, interleave_points(r.initial_handle_points, r.target_points), s,
-                                           final_points=r.handle_points, shortfall_px=shortfall_limit_px(r)), 1)
+        plain = to_display(r.image, s)
+        with_points = draw_overlay(r.image, interleave_points(r.initial_handle_points, r.target_points), s,
+                                   final_points=r.handle_points, shortfall_px=shortfall_limit_px(r))
         result = {"image": r.image, "plain": plain, "with_points": with_points, "folder": str(out.folder)}
         dist = ", ".join(f"{d:.1f}" for d in np.linalg.norm(r.handle_points - r.target_points, axis=1))
         took = time.monotonic() - clicked
@@ -189,7 +188,7 @@ class PageRuns:
             text += " " + short[0].upper() + short[1:]
         edited = self.engine.served_copy(out.folder / "edited.png", f"{out.folder.name}-edited.png")
         return (status_html(text, 1.0, kind="done"), with_points if show_final_points else plain,
-                (to_view(image, s), plain), self.engine.display_gif(out.folder, s),
+                (to_display(image, s), plain), self.engine.display_gif(out.folder, s),
                 gr.update(value=self.engine.served_copy(out.zip_path), interactive=True),
                 gr.update(value=edited, interactive=True, label=f"Download edited.png ({r.image.width}x{r.image.height})"),
                 result, gr.update(interactive=True), gr.update(interactive=False))
@@ -228,14 +227,14 @@ class _Preview:
         import torch
 
         t0 = time.monotonic()
-        # a large picture's preview is made at the pane's size, not at the picture's
-        view = fitted_size(self.image.size) if self.scale == 1 else self.image.size
-        f = view[0] / self.image.width
+        # a small picture's preview is made at its size and enlarged in blocks; a large one's at the shown size
+        size = self.image.size if self.scale >= 1 else display_size(self.image.size, self.scale)
         with torch.no_grad():
-            frame = self.pipe.decode_latents(self.latents)[0].resize(view, Image.LANCZOS)
+            frame = self.pipe.decode_latents(self.latents)[0].resize(size, Image.LANCZOS)
         self.latents = None
         self.decoding += time.monotonic() - t0
+        scale = self.scale if self.scale >= 1 else 1
         if self.handles is not None:
-            handles = (np.asarray(self.handles, dtype=np.float64) + 0.5) * f - 0.5
-            return draw_overlay(frame, [], self.scale, final_points=handles)
-        return to_view(frame, self.scale)
+            handles = self.handles if self.scale >= 1 else image_to_display(self.handles, self.scale)
+            return draw_overlay(frame, [], scale, final_points=handles)
+        return to_display(frame, scale)

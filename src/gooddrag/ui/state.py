@@ -4,9 +4,8 @@ Nothing here imports gradio or torch; each function takes and returns plain valu
 (lists of points, numpy masks, PIL images) and is tested on its own
 (tests/test_ui_state.py).
 
-Frames: points are (x, y) pixels of the *input* image. Small images are shown
-enlarged by an integer factor (:func:`display_scale`) so the mask can be painted
-and points clicked precisely; clicks and painted masks are mapped back.
+Frames: points are (x, y) pixels of the *input* image; how pictures are shown and
+clicks mapped back is :mod:`gooddrag.ui.views`.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import GoodDragError
 from ..models import SHAPES_MODEL
@@ -124,94 +123,6 @@ def describe_mask(mask: np.ndarray | None) -> str:
     return f"Mask: {n} px ({n / np.size(mask):.0%} of the image) may change."
 
 
-# ------------------------------------------------------------ display frames
-def display_scale(width: int, height: int, side: int = DISPLAY_SIDE) -> int:
-    """Integer enlargement for showing a ``width`` x ``height`` image (1 for large images)."""
-    return max(1, side // max(1, width, height))
-
-
-def to_display(image: Image.Image, scale: int) -> Image.Image:
-    """Nearest-neighbour enlargement by ``scale`` (each input pixel a ``scale`` x ``scale`` block)."""
-    image = image.convert("RGB")
-    if scale == 1:
-        return image
-    return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-
-
-def click_to_image(xy: Sequence[float], scale: int, size: tuple[int, int]) -> list[int]:
-    """A click at display pixel (x, y) -> the input pixel (x, y) it lies on; ``size`` = (W, H)."""
-    W, H = size
-    x = min(W - 1, max(0, int(xy[0]) // scale))
-    y = min(H - 1, max(0, int(xy[1]) // scale))
-    return [x, y]
-
-
-def image_to_display(points: np.ndarray, scale: int) -> np.ndarray:
-    """(N, 2) input (x, y) pixels -> display pixels at the centre of each pixel's block."""
-    return np.asarray(points, dtype=np.float64) * scale + (scale - 1) / 2
-
-
-def draw_overlay(
-    image: Image.Image,
-    points: Sequence[Sequence[float]] | None,
-    scale: int,
-    mask: np.ndarray | None = None,
-    final_points: np.ndarray | None = None,
-    shortfall_px: float | None = None,
-) -> Image.Image:
-    """The display image with the mask outlined and hatched (:func:`mark_mask`: the
-    colours under it are kept), each pair as handle (red) -> target (blue) with an
-    arrow (:func:`gooddrag.outputs.draw_points`), a pending handle, and optionally
-    final handle positions (yellow squares); a final handle farther than ``shortfall_px``
-    (image px) from its target gets an orange line to it (:func:`shortfall_limit_px`)."""
-    from ..outputs import HANDLE_COLOR, draw_points
-
-    disp = to_display(image, scale)
-    pts = [list(p) for p in (points or [])]
-    n = len(pts) // 2 * 2
-    arr = np.asarray(pts[:n], dtype=np.float64).reshape(-1, 2)
-    if mask is not None:
-        disp = mark_mask(disp, np.repeat(np.repeat(np.asarray(mask, dtype=bool), scale, 0), scale, 1))
-    out = draw_points(
-        disp, image_to_display(arr[0::2], scale), image_to_display(arr[1::2], scale), None,
-        final_points=None if final_points is None else image_to_display(final_points, scale),
-    )
-    if final_points is not None and shortfall_px is not None:
-        draw = ImageDraw.Draw(out)
-        for final, target in zip(np.asarray(final_points, dtype=np.float64), arr[1::2]):
-            if np.linalg.norm(final - target) > shortfall_px:
-                (fx, fy), (tx, ty) = image_to_display(np.stack([final, target]), scale)
-                draw.line([fx, fy, tx, ty], fill=SHORTFALL_COLOR, width=max(2, scale))
-    if len(pts) % 2:
-        (x, y), = image_to_display(np.asarray([pts[-1]]), scale)
-        r = max(3, round(min(out.size) / 100))
-        ImageDraw.Draw(out).ellipse([x - r, y - r, x + r, y + r], fill=HANDLE_COLOR, outline=(255, 255, 255))
-    return out
-
-
-def mask_marks(mask: np.ndarray, width: int = 2, every: int = HATCH_EVERY) -> np.ndarray:
-    """Where the mask is drawn: its inner outline (``width`` pixels) and diagonal hatching
-    lines ``every`` pixels apart, (H, W) bool; every other pixel is left alone."""
-    m = np.asarray(mask, dtype=bool)
-    inner = np.pad(m, width, constant_values=False)
-    for dy in range(-width, width + 1):
-        for dx in range(-width, width + 1):
-            inner[width:-width, width:-width] &= np.roll(np.roll(np.pad(m, width), dy, 0), dx, 1)[width:-width,
-                                                                                               width:-width]
-    interior = inner[width:-width, width:-width]
-    yy, xx = np.indices(m.shape)
-    return (m & ~interior) | (m & ((xx + yy) % every == 0))
-
-
-def mark_mask(image: Image.Image, mask: np.ndarray) -> Image.Image:
-    """``image`` with the mask's outline and hatching (:func:`mask_marks`) in MASK_OUTLINE."""
-    arr = np.asarray(image.convert("RGB")).copy()
-    if mask.shape != arr.shape[:2] or not mask.any():
-        return Image.fromarray(arr)
-    arr[mask_marks(mask)] = MASK_OUTLINE
-    return Image.fromarray(arr)
-
-
 # ---------------------------------------------------------------------- masks
 def _layer_alpha(layer: Any) -> np.ndarray | None:
     """A painted layer (H, W, 4) RGBA array, PIL image or file path -> (H, W) bool of painted pixels."""
@@ -261,17 +172,6 @@ def mask_from_editor(value: dict | None, size: tuple[int, int]) -> np.ndarray | 
     if not value:
         return None
     return mask_from_layers(value.get("layers") or [], size)
-
-
-def mask_layer(mask: np.ndarray | None, scale: int, color=MASK_COLOR) -> np.ndarray | None:
-    """A bool mask as an RGBA editor layer at display size (painted where True)."""
-    if mask is None:
-        return None
-    m = np.repeat(np.repeat(np.asarray(mask, dtype=bool), scale, 0), scale, 1)
-    rgb = [int(v) for v in color[0].strip("rgb() ").split(",")]
-    layer = np.zeros((*m.shape, 4), dtype=np.uint8)
-    layer[m] = [*rgb, round(255 * color[1])]
-    return layer
 
 
 # --------------------------------------------------------------------- inputs
