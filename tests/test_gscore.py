@@ -22,6 +22,7 @@ import importlib.util
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -119,13 +120,14 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         srv = self.server
         raw = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.path != "/v1/chat/completions":
+        path, _, query = self.path.partition("?")
+        if path != "/v1/chat/completions":
             return self._send(404, {"error": "no such route"})
         body = json.loads(raw)
         auth = self.headers.get("Authorization")
         with srv.lock:
             index = len(srv.requests)
-            srv.requests.append({"body": body, "key": hashlib.sha256(raw).hexdigest(), "auth": auth})
+            srv.requests.append({"body": body, "key": hashlib.sha256(raw).hexdigest(), "auth": auth, "query": query})
             what = srv.script.pop(0) if srv.script else "judge"
             srv.in_flight += 1
             srv.most_in_flight = max(srv.most_in_flight, srv.in_flight)
@@ -497,13 +499,33 @@ def test_argument_and_endpoint_errors(judge_server, runs, tmp_path, monkeypatch)
         bench("eval", run, *judge_args(judge_server, "--judge-prompt", tmp_path / "none.txt"))
     with pytest.raises(GoodDragError, match="NOT_SET_ANYWHERE: that environment variable is not set"):
         bench("eval", run, *judge_args(judge_server, "--judge-key-env", "NOT_SET_ANYWHERE"))
-    with pytest.raises(GoodDragError, match="is not an http"):
-        bench("eval", run, "--metrics", "gscore", "--judge-url", "localhost:8000", "--judge-model", "m")
+    for url, why in [("localhost:8000", "is not an http"), ("http://", "with a host"), ("http://a host/v1", "with a host"),
+                     ("http://[::1", "not a valid URL"), ("http://localhost:99999/v1", "not a valid URL")]:
+        with pytest.raises(GoodDragError, match=why):  # before any request: these used to be retried or crash
+            bench("eval", run, "--metrics", "gscore", "--judge-url", url, "--judge-model", "m")
+    for flag, value, why in [("--judge-timeout", "0", "--judge-timeout must be"),
+                             ("--judge-timeout", "-1", "--judge-timeout must be"),
+                             ("--judge-backoff", "-1", "--judge-backoff must be")]:
+        with pytest.raises(GoodDragError, match=why):
+            bench("eval", run, *judge_args(judge_server)[:-2], flag, value)
+    (tmp_path / "latin1.txt").write_bytes("Note \xe9 $labels".encode("latin-1"))
+    with pytest.raises(GoodDragError, match="is not UTF-8 text"):
+        bench("eval", run, *judge_args(judge_server, "--judge-prompt", tmp_path / "latin1.txt"))
+    assert judge_server.requests == []
     with pytest.raises(GoodDragError, match="both called 'alpha'"):
         bench("eval", f"alpha={run}", f"alpha={runs['beta']}", *judge_args(judge_server))
     judge_server.script = ["401"]
     with pytest.raises(GoodDragError, match="answered HTTP 401"):
         bench("eval", run, *judge_args(judge_server, "--judge-concurrency", "1"))
+    # a query string (an api-version, a token) stays a query after /chat/completions; credentials in the URL
+    # are not repeated in the message
+    judge_server.script = ["401"]
+    with pytest.raises(GoodDragError, match="answered HTTP 401") as err:
+        bench("eval", run, "--metrics", "gscore", "--judge-url", judge_server.url.replace("//", "//me:pw-secret@") +
+              "?token=tok-secret", "--judge-model", "m", "--no-progress", "--judge-concurrency", "1")
+    assert "secret" not in str(err.value) and judge_server.requests[-1]["query"] == "token=tok-secret"
+    assert G.chat_url("https://h/openai/v1/?api-version=2") == "https://h/openai/v1/chat/completions?api-version=2"
+    assert G.chat_url("http://h:1/v1/chat/completions/") == "http://h:1/v1/chat/completions"
     monkeypatch.setitem(sys.modules, "httpx", None)
     with pytest.raises(GoodDragError, match=r"pip install 'gooddrag\[judge\]'"):
         bench("eval", run, *judge_args(judge_server))
@@ -532,3 +554,64 @@ def test_several_folders_without_gscore_dai_and_md_side_by_side(runs, tiny_model
     summary = json.loads((out / "summary.json").read_text())
     assert summary["summary"]["beta"]["md_pooled_over_pairs"] == pytest.approx(
         sum(float(r["md"]) for r in rows if r["method"] == "beta") / 3, abs=1e-3)  # matches.jsonl: 4 decimals
+
+
+def test_gscore_alone_needs_no_points(judge_server, runs):
+    """A result folder without new_points.json (another tool's output) can be judged; DAI still needs the points."""
+    for m in ("alpha", "beta"):
+        for sample in SAMPLES:
+            (runs[m] / sample / "new_points.json").unlink()
+    assert bench("eval", runs["alpha"], runs["beta"], *judge_args(judge_server, "--judge-repeats", "1")) == 0
+    rows = read_csv(runs["alpha"] / "eval" / "joint" / "metrics.csv")
+    assert len(rows) == 6 and all(r["gscore_n"] == "1" and r["pairs"] == "" for r in rows)
+    assert bench("eval", runs["alpha"], "--metrics", "dai", "--gamma", "1", "--no-progress") == 1
+    summary = json.loads((runs["alpha"] / "eval" / "summary.json").read_text())
+    assert len(summary["info"]["errors"]) == 3 and "new_points.json" in summary["info"]["errors"][0]["error"]
+
+
+def test_unanswered_requests_are_reported_with_the_reason(judge_server, runs):
+    judge_server.script = ["503"] * 1000
+    lines = []
+    parser = argparse.ArgumentParser(prog="gooddrag bench")
+    register_commands(parser.add_subparsers(dest="bench_command"))
+    argv = ["eval", runs["alpha"] / "cat_1", "--judge-repeats", "1", "--judge-retries", "1",
+            *judge_args(judge_server)]
+    args = parser.parse_args([str(a) for a in argv])
+    args.argv = ["bench", *map(str, argv)]
+    assert run_command(args, say=lines.append) == 1
+    assert "1 unanswered (first: HTTP 503: " in lines[-1] and "run the same command again" in lines[-1]
+
+
+def test_a_cache_file_that_is_not_an_entry_is_asked_again(judge_server, runs):
+    run = runs["alpha"] / "cat_1"
+    assert bench("eval", run, "--judge-repeats", "1", *judge_args(judge_server)) == 0
+    [cached] = (run / "eval" / G.CACHE_DIR).rglob("*.json")
+    cached.write_text("[1, 2]")
+    assert bench("eval", run, "--judge-repeats", "1", *judge_args(judge_server)) == 0
+    assert len(judge_server.requests) == 2
+    assert json.loads(cached.read_text())["status"] == "ok"
+
+
+def test_ctrl_c_stops_at_once_and_sends_nothing_more(judge_server, runs):
+    """SIGINT while requests hang: the process ends within seconds (no waiting for the requests in flight,
+    no retries of them) with status 130, and the server sees no request after it."""
+    judge_server.hang_from = 0
+    argv = ["bench", "eval", runs["alpha"], runs["beta"], *judge_args(judge_server, "--judge-repeats", "3",
+                                                                      "--judge-concurrency", "2")]
+    proc = subprocess.Popen([sys.executable, "-m", "gooddrag.cli", *map(str, argv)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(judge_server.requests) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert len(judge_server.requests) == 2, proc.stderr.read() if proc.poll() is not None else "timeout"
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    try:
+        rc = proc.wait(10)  # the hanging requests would hold it 30 s, then be retried
+    finally:
+        proc.kill()
+    assert rc == 130 and time.monotonic() - start < 10
+    assert "Traceback" not in proc.stderr.read()
+    judge_server.release.set()
+    time.sleep(0.3)
+    assert len(judge_server.requests) == 2

@@ -108,7 +108,7 @@ def direction(column: str) -> str:
 class EvalInputs:
     original: object  # PIL image
     result: object  # PIL image, at the original's size
-    handles: object  # (N, 2) (x, y)
+    handles: object  # (N, 2) (x, y); None: no points (GScore alone, no new_points.json)
     targets: object
     prompt: str
     final_handles: object | None
@@ -117,7 +117,9 @@ class EvalInputs:
     original_file: Path | None = None
 
 
-def load_inputs(ref: ResultRef, dataset: Path | None) -> EvalInputs:
+def load_inputs(ref: ResultRef, dataset: Path | None, need_points: bool = True) -> EvalInputs:
+    """need_points False (GScore alone): a result without ``new_points.json`` is read too (handles and
+    targets None)."""
     import numpy as np
     from PIL import Image
 
@@ -132,15 +134,18 @@ def load_inputs(ref: ResultRef, dataset: Path | None) -> EvalInputs:
         original_file = sample.files.get("image")
     else:
         original, original_file = load_image(ref.path / "input.png"), ref.path / "input.png"
-        if not points or "handle_points" not in points:
+        if (not points or "handle_points" not in points) and need_points:
             raise GoodDragError(f"{str(ref.path / 'new_points.json')!r} is missing; give --dataset for the points")
-        handles, targets = np.asarray(points["handle_points"], float), np.asarray(points["target_points"], float)
+        handles, targets = ((points["handle_points"], points["target_points"]) if points and "handle_points" in points
+                            else (None, None))
         prompt = ((record or {}).get("inputs") or {}).get("prompt") or ""
     resized = result.size != original.size
     if resized:
         result = result.resize(original.size, Image.BILINEAR)
     final = points.get("new_handle_points") if points else None
     seconds = ((record or {}).get("timings_s") or {}).get("total")
+    if handles is None:
+        return EvalInputs(original, result, None, None, prompt, None, resized, seconds, original_file)
     return EvalInputs(original, result, np.asarray(handles, float), np.asarray(targets, float), prompt,
                       np.asarray(final, float) if final is not None else None, resized, seconds, original_file)
 
@@ -195,8 +200,9 @@ def evaluate(results: str | Path, metrics=("dai",), *, dataset: str | Path | Non
     rows, matches, errors = [], [], []
     for ref in tqdm(refs, desc="eval", unit="sample", disable=not progress, dynamic_ncols=True):
         try:
-            inp = load_inputs(ref, dataset)
-            row = {"sample": ref.rel, "category": category_of(ref.rel), "pairs": len(inp.handles),
+            inp = load_inputs(ref, dataset, need_points=any(m != "gscore" for m in metrics))
+            row = {"sample": ref.rel, "category": category_of(ref.rel),
+                   "pairs": len(inp.handles) if inp.handles is not None else None,
                    "original_file": inp.original_file, "edited_file": ref.path / "edited.png"}
             if "dai" in metrics:
                 for g in gammas:
@@ -213,7 +219,7 @@ def evaluate(results: str | Path, metrics=("dai",), *, dataset: str | Path | Non
                                 "target_points": inp.targets.tolist(), "distances": dists.round(4).tolist()})
             if "if" in metrics:
                 row["if"] = M.image_fidelity(inp.original, inp.result, lpips_model)
-            if inp.final_handles is not None and len(inp.final_handles) == len(inp.targets):
+            if inp.final_handles is not None and inp.targets is not None and len(inp.final_handles) == len(inp.targets):
                 d = M.pair_distances(inp.final_handles, inp.targets)
                 row["final_distance"] = float(d.mean())
                 row["final_distances"] = d.tolist()
@@ -611,10 +617,12 @@ def cmd_eval(args, say) -> int:
     if judge is not None:
         j = info["gscore"]
         unanswered = j["missing_unavailable"]
+        reason = next((r["error"] for r in judged or [] if r["status"] == "unavailable" and r.get("error")), None)
         say(f"GScore: {j['requests']} request(s): {j['from_cache']} from the cache, {j['asked']} asked "
             f"({j['http_requests']} HTTP request(s)); missing: {j['missing_malformed']} unparsable after "
             f"{judge.settings.parse_retries} retries, {unanswered} unanswered"
-            + ("; run the same command again to ask for the unanswered ones" if unanswered else ""))
+            + (f" (first: {reason.splitlines()[0][:200]}); run the same command again to ask for the unanswered "
+               "ones" if unanswered else ""))
     return 1 if unanswered or any(v[2]["errors"] for v in scored.values()) else 0
 
 

@@ -36,12 +36,12 @@ import json
 import logging
 import math
 import os
+import queue
 import random
 import re
 import string
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -72,7 +72,8 @@ original that should not have changed ought to be kept intact. The labels and th
 meaning; rate every result on its own merits.
 
 Score each of the $count result(s) with an integer from 1 to 10: 10 means it could pass for an unedited \
-photograph with no visible flaw, 1 means the edit left severe, obvious damage. Explain each score briefly.
+photograph with no visible flaw, 1 means the edit wrecked the picture and the damage is the first thing a \
+viewer sees. Explain each score briefly.
 
 Answer with one JSON object and nothing else, in exactly this form:
 $json_example
@@ -122,8 +123,7 @@ class JudgeSettings:
         if not self.url or not self.model:
             raise GoodDragError("--metrics gscore needs --judge-url and --judge-model "
                                 "(e.g. --judge-url http://localhost:8000/v1 --judge-model Qwen/Qwen2.5-VL-7B-Instruct)")
-        if not re.match(r"^https?://", self.url):
-            raise GoodDragError(f"--judge-url {self.url!r} is not an http(s) URL")
+        check_url(self.url)
         for name, value, low in (("--judge-repeats", self.repeats, 1), ("--judge-concurrency", self.concurrency, 1),
                                  ("--judge-retries", self.retries, 0), ("--judge-parse-retries", self.parse_retries, 0),
                                  ("--judge-max-tokens", self.max_tokens, 1)):
@@ -132,6 +132,23 @@ class JudgeSettings:
         if not 0 <= self.temperature <= 2 or not 0 < self.top_p <= 1:
             raise GoodDragError(f"need 0 <= --judge-temperature <= 2 and 0 < --judge-top-p <= 1, "
                                 f"got {self.temperature} and {self.top_p}")
+        if not self.timeout > 0 or not math.isfinite(self.timeout):
+            raise GoodDragError(f"--judge-timeout must be a number of seconds above 0, got {self.timeout}")
+        if not 0 <= self.backoff <= self.max_backoff:
+            raise GoodDragError(f"--judge-backoff must be between 0 and {self.max_backoff:g} seconds, got {self.backoff}")
+
+
+def check_url(url: str) -> None:
+    """A one-line error unless ``url`` is an http(s) URL with a host (and a valid port, if any)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as err:
+        raise GoodDragError(f"--judge-url {url!r} is not a valid URL ({err})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        raise GoodDragError(f"--judge-url {url!r} is not an http(s) URL with a host, e.g. http://localhost:8000/v1")
 
 
 @dataclass(frozen=True)
@@ -191,7 +208,12 @@ def load_prompt(path: str | Path | None) -> str:
     p = Path(path)
     if not p.is_file():
         raise GoodDragError(f"--judge-prompt {str(p)!r}: no such file")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise GoodDragError(f"--judge-prompt {str(p)!r} is not UTF-8 text") from None
+    except OSError as err:
+        raise GoodDragError(f"--judge-prompt {str(p)!r}: {err.strerror or err}") from None
     if not text.strip():
         raise GoodDragError(f"--judge-prompt {str(p)!r} is empty")
     return text
@@ -310,7 +332,9 @@ class Cache:
             return None
         try:
             entry = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            entry = None
+        if not isinstance(entry, dict) or entry.get("status") not in ("ok", "malformed"):
             logger.warning("unreadable cache file %s: asking again", p)
             return None
         return entry if entry.get("key") == key else None
@@ -323,8 +347,13 @@ class Cache:
 
 # ------------------------------------------------------------------ the client
 def chat_url(url: str) -> str:
-    url = url.rstrip("/")
-    return url if url.endswith("/chat/completions") else url + "/chat/completions"
+    """The chat completions URL of a base URL (``.../v1``): its path ending in ``/chat/completions``, query kept
+    (e.g. an ``api-version``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    return urlunsplit(parts._replace(path=path if path.endswith("/chat/completions") else path + "/chat/completions"))
 
 
 def public_url(url: str) -> str:
@@ -352,9 +381,12 @@ class JudgeClient:
     """POSTs chat completions with bounded retries: 408, 429, 5xx and connection errors back off
     (``Retry-After`` when given, else ``backoff * 2**attempt``, capped at ``max_backoff``)."""
 
-    def __init__(self, settings: JudgeSettings, api_key: str | None, sleep=time.sleep):
+    def __init__(self, settings: JudgeSettings, api_key: str | None, sleep=None):
         httpx = import_httpx()
-        self.httpx, self.settings, self.sleep, self._key = httpx, settings, sleep, api_key
+        self.stop = threading.Event()  # set: no more tries, backoff waits end at once
+        self.httpx, self.settings, self._key = httpx, settings, api_key
+        self.sleep = sleep or self.stop.wait
+        self._warned = False
         self.url = chat_url(settings.url)
         headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {api_key}"} if api_key else {})
         self.http = httpx.Client(headers=headers, timeout=settings.timeout)
@@ -370,6 +402,8 @@ class JudgeClient:
         body = json.dumps({"model": s.model, "messages": messages, **s.sampling()}).encode("utf-8")
         reason = ""
         for attempt in range(s.retries + 1):
+            if self.stop.is_set():
+                raise JudgeUnavailable("interrupted" + (f" ({reason.splitlines()[0]})" if reason else ""))
             wait = None
             with self._lock:
                 self.sent += 1
@@ -382,14 +416,17 @@ class JudgeClient:
                     return self._content(r)
                 reason = f"HTTP {r.status_code}: {self.scrub(r.text)[:200]}"
                 if r.status_code in (401, 403, 404):
-                    raise GoodDragError(f"the judge at {self.url} answered {reason.splitlines()[0]} "
+                    raise GoodDragError(f"the judge at {public_url(self.url)} answered {reason.splitlines()[0]} "
                                         "(check --judge-url, --judge-model and the key's environment variable)")
                 if r.status_code not in (408, 429) and r.status_code < 500:
                     raise JudgeRequestError(reason)
                 wait = _retry_after(r.headers.get("retry-after"))
             if attempt < s.retries:
                 delay = min(s.max_backoff, wait if wait is not None else s.backoff * 2 ** attempt)
-                logger.info("judge: %s; retry %d/%d in %.2f s", reason.splitlines()[0], attempt + 1, s.retries, delay)
+                with self._lock:  # the first retry is shown (the wait can be long), the others with --verbose
+                    level, self._warned = (logging.INFO if self._warned else logging.WARNING), True
+                logger.log(level, "judge: %s; retry %d/%d in %.2f s", reason.splitlines()[0], attempt + 1,
+                           s.retries, delay)
                 self.sleep(delay)
         raise JudgeUnavailable(reason.splitlines()[0] if reason else "no answer")
 
@@ -503,23 +540,51 @@ def judge(items: list[JudgeItem], settings: JudgeSettings, template: str, cache_
 
     bar = tqdm(total=len(jobs), initial=out.from_cache, desc=f"gscore {settings.model}", unit="request",
                disable=not progress, dynamic_ncols=True)
-    pool = ThreadPoolExecutor(max_workers=settings.concurrency) if todo else None
+    # Daemon threads, not a ThreadPoolExecutor (whose threads the interpreter waits for at exit): after Ctrl-C
+    # or a fatal answer no request is started or retried, and the process does not wait for the ones in flight
+    # (what they answer is cached if it comes before the process ends; nothing half-written: atomic files).
+    tasks: queue.SimpleQueue = queue.SimpleQueue()
+    for i in todo:
+        tasks.put(i)
+    done: queue.SimpleQueue = queue.SimpleQueue()
+
+    def worker() -> None:
+        while state["gave_up"] != "interrupted":
+            try:
+                i = tasks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((i, work(i), None))
+            except BaseException as err:  # noqa: BLE001 - handed to the calling thread, which raises it
+                state["gave_up"] = "interrupted"  # before handing it over: no thread starts another request
+                if client is not None:
+                    client.stop.set()
+                done.put((i, None, err))
+                return
+
+    threads = [threading.Thread(target=worker, name=f"gscore-{k}", daemon=True)
+               for k in range(min(settings.concurrency, len(todo)))]
     try:
-        if pool:
-            futures = {pool.submit(work, i): i for i in todo}
-            for fut in as_completed(futures):
-                records[futures[fut]] = fut.result()
-                bar.update(1)
+        for t in threads:
+            t.start()
+        for _ in todo:
+            i, record, err = done.get()
+            if err is not None:
+                raise err
+            records[i] = record
+            bar.update(1)
     except BaseException:  # interrupted or a fatal answer: requests not yet started are not sent
         state["gave_up"] = "interrupted"
+        if client is not None:
+            client.stop.set()
         raise
     finally:
         bar.close()
-        if pool:
-            pool.shutdown(wait=True, cancel_futures=True)
         if client is not None and todo:
             out.http_requests = client.sent
-            client.close()
+            if state["gave_up"] != "interrupted":  # else threads may still use it; the process is ending
+                client.close()
     out.records = [records[i] for i in range(len(jobs))]
     out.asked = len(todo)
     out.malformed = sum(r["status"] == "malformed" for r in out.records)
