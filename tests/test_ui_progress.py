@@ -142,3 +142,11 @@ def test_the_page_keeps_counting_while_a_run_sends_no_news():
     seconds = [int(s.split("· ")[-1].split(" s")[0]) for s in saving]
     assert len(saving) >= 3 and seconds == sorted(seconds) and seconds[-1] - seconds[0] >= 2, saving
     assert "Run cancelled." in sent[-1]
+
+
+def test_a_stage_is_not_named_twice():
+    p = RunProgress(get_preset("shapes-gooddrag"), started=time.monotonic())
+    p.loading()
+    assert p.text().startswith("Stage 1 of 5, loading the model · 0% · ")  # was "loading the model: loading the model"
+    p.saving()
+    assert "Stage 5 of 5, saving: writing the result folder · " in p.text()
