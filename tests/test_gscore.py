@@ -7,7 +7,7 @@ channel is 25 x its expected score, so a score that comes back to the wrong
 method is seen. It also favours whatever is shown as "Result A" by one point
 (a position bias), so the test can check the shuffled orders recorded in the
 report against what the server saw. It can be scripted per request to answer
-malformed text, 429, 500 or 503, to echo the Authorization header, or to hang.
+malformed text, 400, 422, 429, 500 or 503, to echo the Authorization header, or to hang.
 
 Result folders are tiny PNGs written here; no model is loaded.
 """
@@ -144,6 +144,11 @@ class Handler(BaseHTTPRequestHandler):
                 return self._reply(f"Your header was {auth}; no JSON today.")
             if what == "401":
                 return self._send(401, {"error": "bad key"})
+            if what == "400":  # as vLLM words a parameter it does not take
+                return self._send(400, {"object": "error", "type": "BadRequestError", "code": 400,
+                                        "message": f"top_k is not supported by this endpoint\n(auth was {auth})"})
+            if what == "422":  # FastAPI's validation error, longer than a line
+                return self._send(422, {"detail": [{"loc": ["body", "max_tokens"], "msg": "x" * 500}]})
             seen = read_request(body)
             scores = {lab: min(10, red // 25 + (lab == "A")) for lab, red in seen["results"].items()}
             text = json.dumps({"scores": scores, "explanation": {lab: "fine" for lab in scores}})
@@ -264,10 +269,11 @@ def test_the_request_carries_the_prompt_every_image_and_the_settings(judge_serve
 
 def test_shuffled_orders_map_scores_back_to_the_right_method(judge_server, runs):
     repeats = 6
-    # the command-line order of the folders does not matter: methods are sorted by name before shuffling
+    # the command-line order of the folders does not matter: methods are sorted by name before shuffling, and
+    # the report goes to the folder whose path sorts first (run-alpha), not to the first one given
     assert bench("eval", runs["gamma"], runs["alpha"], runs["beta"], *judge_args(
         judge_server, "--judge-repeats", repeats, "--judge-seed", "5")) == 0
-    out = runs["gamma"] / "eval" / "joint"
+    out = runs["alpha"] / "eval" / "joint"
     records = jsonl(out / "gscore.jsonl")
     assert len(records) == len(judge_server.requests) == 3 * repeats
     for rec in records:
@@ -614,4 +620,116 @@ def test_ctrl_c_stops_at_once_and_sends_nothing_more(judge_server, runs):
     assert "Traceback" not in proc.stderr.read()
     judge_server.release.set()
     time.sleep(0.3)
+    assert len(judge_server.requests) == 2
+
+
+def test_the_report_and_cache_do_not_depend_on_the_order_of_the_folders(judge_server, runs):
+    """A B, then B A (and a third order): the same report folder, so the second run finds every answer cached."""
+    assert bench("eval", runs["beta"], runs["alpha"], *judge_args(judge_server, "--judge-repeats", "2")) == 0
+    n = len(judge_server.requests)
+    assert n == len(SAMPLES) * 2
+    for order in [(runs["alpha"], runs["beta"]), (f"beta={runs['beta']}", runs["alpha"])]:
+        assert bench("eval", *order, *judge_args(judge_server, "--judge-repeats", "2")) == 0
+        assert len(judge_server.requests) == n  # nothing asked again
+    out = runs["alpha"] / "eval" / "joint"
+    assert json.loads((out / "summary.json").read_text())["info"]["gscore"]["from_cache"] == n
+    assert not (runs["beta"] / "eval").exists()
+    # one folder alone keeps its own RESULTS/eval
+    assert bench("eval", runs["beta"], *judge_args(judge_server, "--judge-repeats", "1")) == 0
+    assert (runs["beta"] / "eval" / "metrics.csv").is_file()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_refused_first_connection_ends_at_once_with_one_line(runs):
+    """Nothing listens on the port (a typo): the real CLI, default retries and backoff, exits 1 within a few
+    seconds with one line naming the URL without its credentials (it used to retry each request for ~63 s)."""
+    url = f"http://me:pw-secret@127.0.0.1:{free_port()}/v1"
+    argv = ["bench", "eval", runs["alpha"], runs["beta"], "--metrics", "gscore", "--judge-url", url,
+            "--judge-model", "m", "--no-progress"]
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "gooddrag.cli", *map(str, argv)], capture_output=True, text=True,
+                          timeout=60)
+    took = time.monotonic() - start
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: nothing answers at {G.public_url(url)}/chat/completions: connection refused")
+    assert "secret" not in proc.stderr
+    assert G.REFUSED_WAIT <= took < G.REFUSED_WAIT + 10  # the short wait for a server coming up, no more
+    assert not (runs["alpha"] / "eval" / "joint" / "metrics.csv").exists()
+
+
+def test_a_refused_connection_after_an_answer_is_retried_as_before(judge_server, runs):
+    """Once the server has answered, a refused connection (it restarts) is a retry like a 503, not fatal."""
+    client = G.JudgeClient(G.JudgeSettings(judge_server.url, "fake-vlm", retries=2, backoff=0.001), None)
+    try:
+        messages = G.build_messages("p", "data:,", [])
+        judge_server.script = ["malformed"]
+        assert client.complete(messages).startswith("The first result")
+        client.url = G.chat_url(f"http://127.0.0.1:{free_port()}/v1")  # the server is gone
+        with pytest.raises(G.JudgeUnavailable, match="ConnectError"):
+            client.complete(messages)
+        assert client.sent == 1 + 3
+    finally:
+        client.close()
+
+
+def test_a_rejected_request_ends_the_evaluation_with_the_servers_message(judge_server, runs, monkeypatch):
+    """400 (a parameter the server does not take) would come back for every request: the first one ends the
+    evaluation with the server's message and what to change, and nothing more is sent."""
+    monkeypatch.setenv(G.KEY_ENV, KEY)
+    judge_server.script = ["400"]
+    with pytest.raises(GoodDragError) as err:
+        bench("eval", runs["alpha"], runs["beta"], *judge_args(judge_server, "--judge-top-k", "32",
+                                                               "--judge-concurrency", "1"))
+    message = str(err.value)
+    assert "\n" not in message and KEY not in message and "[key]" in message
+    assert "rejected the request: HTTP 400: 'top_k is not supported by this endpoint (auth was Bearer [key])'" \
+        in message and "drop --judge-top-k" in message and judge_server.url in message
+    assert len(judge_server.requests) == 1
+    assert not (runs["alpha"] / "eval" / "joint" / "metrics.csv").exists()
+    # a long message is cut to one readable line; the hint follows what it names
+    judge_server.script = ["422"]
+    with pytest.raises(GoodDragError, match=r"HTTP 422: .*x\.\.\.' \(every request would get the same answer: "
+                                            r"lower --judge-max-tokens, then run again\)$") as err:
+        bench("eval", runs["alpha"], *judge_args(judge_server, "--judge-concurrency", "1"))
+    assert len(str(err.value)) < 500 and len(judge_server.requests) == 2
+
+
+def test_samples_not_in_every_folder_are_left_out_of_gscore_and_listed(judge_server, runs):
+    """beta lacks dog_1 and gamma lacks cat_2: only cat_1 is judged (all three methods in one request); the
+    others keep their DAI rows, have empty GScore columns, and the report says which were left out and why."""
+    import shutil
+
+    shutil.rmtree(runs["beta"] / "dog_1")
+    shutil.rmtree(runs["gamma"] / "cat_2")
+    assert bench("eval", runs["alpha"], runs["beta"], runs["gamma"], "--metrics", "dai,gscore", "--gamma", "1",
+                 *judge_args(judge_server, "--judge-repeats", "2")[2:]) == 0
+    assert len(judge_server.requests) == 2
+    assert all(len(read_request(r["body"])["results"]) == 3 for r in judge_server.requests)
+    out = runs["alpha"] / "eval" / "joint"
+    rows = read_csv(out / "metrics.csv")
+    assert {(r["method"], r["sample"]) for r in rows if r["gscore_n"]} == {(m, "cat_1") for m in BASES}
+    assert all(r["dai_g1"] != "" for r in rows) and len(rows) == 3 + 2 + 2
+    left = [r for r in rows if r["sample"] != "cat_1"]
+    assert all(r["gscore"] == r["gscore_n"] == r["gscore_missing"] == "" for r in left)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["info"]["gscore"]["left_out"] == [{"sample": "cat_2", "missing_from": ["gamma"]},
+                                                     {"sample": "dog_1", "missing_from": ["beta"]}]
+    assert summary["summary"]["alpha"]["mean"]["gscore"] == pytest.approx(
+        float(next(r["gscore"] for r in rows if (r["method"], r["sample"]) == ("alpha", "cat_1"))))
+    text = (out / "summary.md").read_text()
+    assert "## Left out of GScore (2)" in text
+    assert "- cat_2: not scored in gamma" in text and "- dog_1: not scored in beta" in text
+    # no sample in common at all: a one-line error before anything is judged
+    shutil.rmtree(runs["gamma"] / "cat_1")
+    with pytest.raises(GoodDragError, match="no sample is in every results folder"):
+        bench("eval", runs["beta"] / "cat_2", runs["gamma"], *judge_args(judge_server))
     assert len(judge_server.requests) == 2

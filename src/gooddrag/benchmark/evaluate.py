@@ -16,8 +16,11 @@ better; :mod:`gooddrag.benchmark.gscore`).
 
 Several results folders (one method each, ``NAME=DIR`` to name one) are
 scored each on its own and reported side by side, one ``method`` column in
-``metrics.csv`` (default report folder ``FIRST/eval/joint``); for ``gscore``
-every method's result for a sample is judged in the same request.
+``metrics.csv`` (default report folder ``eval/joint`` in the folder whose
+resolved path sorts first, the same in whatever order they are listed, so the
+GScore cache in it is found again); for ``gscore`` every method's result for a
+sample is judged in the same request, and only the samples scored in every
+folder are judged (the others are listed in the report as left out).
 
 The report goes to ``RESULTS/eval/`` (``--eval-out``):
 ``metrics.csv`` (one row a sample), ``summary.json``, ``summary.md`` (mean
@@ -450,6 +453,13 @@ def joint_markdown(summaries: dict[str, dict], info: dict) -> str:
             if vals:
                 cells = " | ".join(_fmt(vals.get(c)) for c in cols)
                 lines.append(f"| {cat} | {n} | {vals['samples']} | {cells} |")
+    left_out = (info.get("gscore") or {}).get("left_out")
+    if left_out:
+        lines += ["", f"## Left out of GScore ({len(left_out)})", "",
+                  "Not scored in every results folder, so not judged: every method's gscore is over the same "
+                  "samples.", ""]
+        lines += [f"- {e['sample']}: not scored in {', '.join(e['missing_from'])}" for e in left_out[:50]]
+        lines += [f"- and {len(left_out) - 50} more (summary.json: info.gscore.left_out)"] if len(left_out) > 50 else []
     errors = [f"- {n}: {e['sample']}: {e['error']}" for n in names for e in info["runs"][n]["errors"]]
     if errors:
         lines += ["", "## Could not be scored", ""] + errors
@@ -513,7 +523,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="read original images, points and prompts from DATASET/<sample path> "
                         "(default: input.png, new_points.json and run.json of each result)")
     p.add_argument("--eval-out", default=None,
-                   help="report folder (default: RESULTS/eval; with several: FIRST/eval/joint)")
+                   help="report folder (default: RESULTS/eval; with several: eval/joint in the one whose path "
+                        "sorts first, whatever their order here)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     g = p.add_argument_group("DAI")
     g.add_argument("--gamma", default="1,5,10,20", help="patch radii in pixels (default: %(default)s)")
@@ -551,10 +562,14 @@ def cmd_eval(args, say) -> int:
     metrics = parse_metrics(args.metrics)
     gammas = parse_gammas(args.gamma)
     judge = _judge_setup(args) if "gscore" in metrics else None  # cheap checks before loading any model
-    for run in runs:
-        if not find_results(run.path):
+    found = [{r.rel for r in find_results(run.path)} for run in runs]
+    for run, rels in zip(runs, found):
+        if not rels:
             raise GoodDragError(f"no result folders (with edited.png) under {str(run.path)!r}")
     joint = len(runs) > 1
+    if judge is not None and not set.intersection(*found):
+        raise GoodDragError("no sample is in every results folder, so GScore has nothing to judge side by side; "
+                            "are these results of the same data set?")
     featurizer = lpips_model = None
     info: dict = {"results": str(runs[0].path.resolve()) if not joint else [str(r.path.resolve()) for r in runs],
                   "metrics": metrics, "gammas": gammas,
@@ -590,7 +605,7 @@ def cmd_eval(args, say) -> int:
             done = {r["sample"] for r in rows} | {e["sample"] for e in errors} | {f["sample"] for f in failures}
             run_info["missing"] = sum(1 for s in find_samples(args.dataset) if s.rel not in done)
         scored[run.name] = (rows, matches, run_info)
-    out = Path(args.eval_out) if args.eval_out else runs[0].path / EVAL_DIR / (JOINT_DIR if joint else "")
+    out = report_folder(runs, args.eval_out)
     judged = None
     if judge is not None:
         judged, info["gscore"] = _judge_runs(judge, {n: v[0] for n, v in scored.items()}, out,
@@ -621,6 +636,7 @@ def cmd_eval(args, say) -> int:
         say(f"GScore: {j['requests']} request(s): {j['from_cache']} from the cache, {j['asked']} asked "
             f"({j['http_requests']} HTTP request(s)); missing: {j['missing_malformed']} unparsable after "
             f"{judge.settings.parse_retries} retries, {unanswered} unanswered"
+            + (f"; {len(j['left_out'])} sample(s) left out, not in every results folder" if j["left_out"] else "")
             + (f" (first: {reason.splitlines()[0][:200]}); run the same command again to ask for the unanswered "
                "ones" if unanswered else ""))
     return 1 if unanswered or any(v[2]["errors"] for v in scored.values()) else 0
@@ -643,13 +659,30 @@ def _judge_setup(args) -> _Judge:
     return _Judge(settings, template, args.judge_prompt, key, key_env)
 
 
+def report_folder(runs: list[Run], eval_out: str | None) -> Path:
+    """``--eval-out``; else ``RESULTS/eval``, or with several folders ``eval/joint`` in the one whose resolved
+    path sorts first: the same folder (and GScore cache) in whatever order the folders are given."""
+    if eval_out:
+        return Path(eval_out)
+    if len(runs) == 1:
+        return runs[0].path / EVAL_DIR
+    return min(runs, key=lambda r: str(r.path.resolve())).path / EVAL_DIR / JOINT_DIR
+
+
 def _judge_runs(judge: _Judge, rows_by_run: dict[str, list[dict]], out: Path, progress: bool):
-    """Judge every sample scored in any run (each with the runs that have it); adds GScore's columns to
-    the rows. Returns (one record per request, summary.json's ``gscore``)."""
+    """Judge every sample scored in every run, all runs' results in one request; adds GScore's columns to
+    the rows (empty for a sample left out). Returns (one record per request, summary.json's ``gscore``)."""
     by_sample: dict[str, dict[str, dict]] = {}
     for name in sorted(rows_by_run):
         for r in rows_by_run[name]:
             by_sample.setdefault(r["sample"], {})[name] = r
+    left_out = [{"sample": s, "missing_from": sorted(set(rows_by_run) - set(rows))}
+                for s, rows in sorted(by_sample.items()) if len(rows) < len(rows_by_run)]
+    for entry in left_out:
+        del by_sample[entry["sample"]]
+    if left_out:
+        logger.warning("GScore leaves out %d sample(s) not scored in every results folder (listed in the report)",
+                       len(left_out))
     refs: dict[Path, G.ImageRef] = {}
 
     def ref(path) -> G.ImageRef:
@@ -671,8 +704,10 @@ def _judge_runs(judge: _Judge, rows_by_run: dict[str, list[dict]], out: Path, pr
     ratings = G.ratings_by_method(outcome)
     for name, rows in rows_by_run.items():
         for r in rows:
-            r |= G.sample_columns(ratings.get((name, r["sample"]), []), judge.settings.repeats)
-    return outcome.records, G.info(judge.settings, judge.template, judge.prompt_file, judge.key_env, cache, outcome)
+            columns = G.sample_columns(ratings.get((name, r["sample"]), []), judge.settings.repeats)
+            r |= columns if r["sample"] in by_sample else dict.fromkeys(columns)
+    info = G.info(judge.settings, judge.template, judge.prompt_file, judge.key_env, cache, outcome)
+    return outcome.records, info | {"left_out": left_out}
 
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:

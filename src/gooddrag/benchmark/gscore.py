@@ -23,7 +23,12 @@ and keeps the free-text answers. Here:
   (:func:`request_key`), written atomically, so an interrupted evaluation
   resumes without asking again and a re-run reproduces the table. A request
   that failed for the network (429/5xx/connection errors after the retry
-  budget) is not cached: running again fills it in.
+  budget) is not cached: running again fills it in;
+- answers that no retry can mend end the evaluation at the first one, with
+  one line: 401/403/404 (key, URL, model), any other 4xx (a setting the
+  server rejects; its message is quoted), and a refused connection before the
+  server has ever answered (nothing listens there; retried for at most
+  :data:`REFUSED_WAIT` seconds in all, as a server that is starting refuses too).
 
 Importing this module is cheap (standard library only).
 """
@@ -54,6 +59,7 @@ LABELS = string.ascii_uppercase
 KEY_ENV = "GOODDRAG_JUDGE_API_KEY"
 FALLBACK_KEY_ENV = "OPENAI_API_KEY"
 CACHE_DIR = "gscore-cache"
+REFUSED_WAIT = 5.0  # seconds a refused connection is retried for, in all, while the server has never answered
 AUTHORS = {  # read in zewei-Zhang/GoodDrag, evaluation/GScore.ipynb
     "source": "zewei-Zhang/GoodDrag, evaluation/GScore.ipynb",
     "model": "gemini-pro-vision", "temperature": 0.4, "top_p": 1, "top_k": 32, "max_output_tokens": 2048,
@@ -89,10 +95,6 @@ class ReplyError(ValueError):
 
 class JudgeUnavailable(Exception):
     """The endpoint did not answer (connection errors, timeouts, 429 or 5xx) within the retry budget."""
-
-
-class JudgeRequestError(Exception):
-    """The endpoint refused this one request (a 4xx other than 401/403/404/408/429)."""
 
 
 # ------------------------------------------------------------ settings and inputs
@@ -387,6 +389,8 @@ class JudgeClient:
         self.httpx, self.settings, self._key = httpx, settings, api_key
         self.sleep = sleep or self.stop.wait
         self._warned = False
+        self.answered = False  # any HTTP answer yet: from then on a refused connection is retried as usual
+        self._refused_since: float | None = None
         self.url = chat_url(settings.url)
         headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {api_key}"} if api_key else {})
         self.http = httpx.Client(headers=headers, timeout=settings.timeout)
@@ -411,7 +415,9 @@ class JudgeClient:
                 r = self.http.post(self.url, content=body)
             except self.httpx.TransportError as err:
                 reason = f"{type(err).__name__}: {self.scrub(str(err))[:200]}"
+                refused_for = self._refused_for(err)
             else:
+                self.answered, refused_for = True, None
                 if r.status_code == 200:
                     return self._content(r)
                 reason = f"HTTP {r.status_code}: {self.scrub(r.text)[:200]}"
@@ -419,16 +425,66 @@ class JudgeClient:
                     raise GoodDragError(f"the judge at {public_url(self.url)} answered {reason.splitlines()[0]} "
                                         "(check --judge-url, --judge-model and the key's environment variable)")
                 if r.status_code not in (408, 429) and r.status_code < 500:
-                    raise JudgeRequestError(reason)
+                    raise GoodDragError(self._refusal(r))
                 wait = _retry_after(r.headers.get("retry-after"))
+            if refused_for is not None and (refused_for >= REFUSED_WAIT or attempt == s.retries):
+                raise GoodDragError(f"nothing answers at {public_url(self.url)}: connection refused (gave up after "
+                                    f"{refused_for:.1f} s; is the server running, and are the host and port in "
+                                    "--judge-url right? a server still loading its model refuses connections too: "
+                                    "run this again once it answers)")
             if attempt < s.retries:
                 delay = min(s.max_backoff, wait if wait is not None else s.backoff * 2 ** attempt)
-                with self._lock:  # the first retry is shown (the wait can be long), the others with --verbose
-                    level, self._warned = (logging.INFO if self._warned else logging.WARNING), True
+                if refused_for is not None:
+                    delay = min(delay, REFUSED_WAIT - refused_for)
+                # the first retry is shown (the wait can be long), the others with --verbose; a refused connection
+                # before any answer only with --verbose (the wait is short and ends in an error that says it all)
+                with self._lock:
+                    level = logging.INFO if self._warned or refused_for is not None else logging.WARNING
+                    self._warned = self._warned or refused_for is None
                 logger.log(level, "judge: %s; retry %d/%d in %.2f s", reason.splitlines()[0], attempt + 1,
                            s.retries, delay)
                 self.sleep(delay)
         raise JudgeUnavailable(reason.splitlines()[0] if reason else "no answer")
+
+    def _refused_for(self, err: Exception) -> float | None:
+        """Seconds since the first refused connection, when ``err`` is one and the server has never answered;
+        else None (retried as usual)."""
+        refused = False
+        while err is not None and not refused:
+            refused, err = isinstance(err, ConnectionRefusedError), err.__cause__ or err.__context__
+        if not refused or self.answered:
+            return None
+        with self._lock:
+            now = time.monotonic()
+            self._refused_since = self._refused_since if self._refused_since is not None else now
+            return now - self._refused_since
+
+    def _refusal(self, r) -> str:
+        """The one line for a 4xx no retry can mend: the server's own message, and what to change."""
+        try:
+            doc = r.json()
+        except ValueError:
+            doc = None
+        message = doc if isinstance(doc, str) else None
+        if isinstance(doc, dict):
+            err = doc.get("error")
+            message = err.get("message") if isinstance(err, dict) else err
+            message = message or doc.get("message") or doc.get("detail")
+        if not isinstance(message, str):
+            message = json.dumps(message) if message else r.text
+        message = " ".join(self.scrub(message).split())
+        message = message if len(message) <= 300 else message[:297] + "..."
+        low = message.lower()
+        if "top_k" in low or "top-k" in low:
+            hint = "drop --judge-top-k"
+        elif "token" in low or "context" in low:
+            hint = "lower --judge-max-tokens"
+        elif "image" in low or "multimodal" in low or "vision" in low:
+            hint = "choose a --judge-model that takes images"
+        else:
+            hint = "change the --judge-* setting it names"
+        return (f"the judge at {public_url(self.url)} rejected the request: HTTP {r.status_code}: {message!r} "
+                f"(every request would get the same answer: {hint}, then run again)")
 
     def _content(self, r) -> str:
         try:
@@ -527,8 +583,6 @@ def judge(items: list[JudgeItem], settings: JudgeSettings, template: str, cache_
                 if state["failed_in_a_row"] >= settings.give_up_after and not state["gave_up"]:
                     state["gave_up"] = f"gave up after {settings.give_up_after} requests in a row got no answer: {err}"
                     logger.warning("judge: %s", state["gave_up"])
-            return _record(job, None, "unavailable", cached=False, error=str(err))
-        except JudgeRequestError as err:
             return _record(job, None, "unavailable", cached=False, error=str(err))
         with lock:
             state["failed_in_a_row"] = 0
