@@ -344,6 +344,25 @@ def _pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
 
 
+def _click_pair(page, handle, target):
+    """Click a handle then its target on the points view, at fractions (x, y) of its size. One
+    click at a time: each click replaces the points image, and a click that lands while the old
+    image is being swapped out is not seen by the page (lost twice in full CI runs); so the new
+    image must be in place and loaded before the next click."""
+    img = page.locator("#points-image img")
+    old = img.get_attribute("src")
+    ib = img.bounding_box()
+    page.mouse.click(ib["x"] + ib["width"] * handle[0], ib["y"] + ib["height"] * handle[1])
+    page.get_by_text("next click: its target").wait_for(timeout=30_000)
+    page.wait_for_function(
+        "old => { const i = document.querySelector('#points-image img');"
+        " return i && i.getAttribute('src') !== old && i.complete && i.naturalWidth > 0; }",
+        arg=old, timeout=30_000)
+    ib = img.bounding_box()
+    page.mouse.click(ib["x"] + ib["width"] * target[0], ib["y"] + ib["height"] * target[1])
+    page.get_by_text("1 pair(s)").wait_for(timeout=30_000)
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
 def test_browser_upload_paint_click_run_download(served, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -523,21 +542,7 @@ def test_browser_example_points_undo_clear_and_cancel(served, tmp_path):
         page.locator("#run").click()
         page.get_by_text("Cannot run: No points").wait_for(timeout=30_000)
 
-        # one click at a time: each click replaces the points image, and a click that lands while
-        # the old image is being swapped out is not seen by the page (lost twice in full CI runs);
-        # so wait for the new image to be in place and loaded before the next click
-        img = page.locator("#points-image img")
-        old_src = img.get_attribute("src")
-        ib = img.bounding_box()
-        page.mouse.click(ib["x"] + ib["width"] * 0.5, ib["y"] + ib["height"] * 0.35)
-        page.get_by_text("next click: its target").wait_for(timeout=30_000)
-        page.wait_for_function(
-            "old => { const i = document.querySelector('#points-image img');"
-            " return i && i.getAttribute('src') !== old && i.complete && i.naturalWidth > 0; }",
-            arg=old_src, timeout=30_000)
-        ib = img.bounding_box()
-        page.mouse.click(ib["x"] + ib["width"] * 0.7, ib["y"] + ib["height"] * 0.35)
-        page.get_by_text("1 pair(s)").wait_for(timeout=30_000)
+        _click_pair(page, (0.5, 0.35), (0.7, 0.35))
 
         page.locator("#setting-lora_steps input").fill("2000")  # long enough to cancel
         page.locator("#setting-lora_steps input").press("Tab")
@@ -704,18 +709,7 @@ def test_browser_newcomer_session_messages_mask_and_layout(served, tmp_path):
             page.wait_for_timeout(1000)  # nothing late changes it
             assert page.locator("#mask-info").inner_text().startswith("Mask: none"), round_
 
-        img = page.locator("#points-image img")
-        ib = img.bounding_box()
-        old = img.get_attribute("src")
-        page.mouse.click(ib["x"] + ib["width"] * 0.39, ib["y"] + ib["height"] * 0.5)
-        page.get_by_text("next click: its target").wait_for(timeout=30_000)
-        page.wait_for_function(
-            "old => { const i = document.querySelector('#points-image img');"
-            " return i && i.getAttribute('src') !== old && i.complete && i.naturalWidth > 0; }",
-            arg=old, timeout=30_000)
-        ib = img.bounding_box()
-        page.mouse.click(ib["x"] + ib["width"] * 0.55, ib["y"] + ib["height"] * 0.5)
-        page.get_by_text("1 pair(s)").wait_for(timeout=30_000)
+        _click_pair(page, (0.39, 0.5), (0.55, 0.5))
         page.locator("#run").click()
         page.get_by_text("Done in").wait_for(timeout=120_000)
         status = page.locator("#status-text").inner_text()

@@ -8,3 +8,7 @@ bad value; the CLI prints that line and exits non-zero instead of a traceback.
 
 class GoodDragError(Exception):
     """An error caused by the user's inputs or environment, with a one-line message."""
+
+
+class ModelUnavailableError(GoodDragError):
+    """A model (or VAE) that is not on this machine and cannot be downloaded now."""

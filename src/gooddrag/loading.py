@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import GoodDragError
+from .errors import GoodDragError, ModelUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +142,18 @@ def availability(model: str) -> str:
     return "cached" if hub_cached(source.location) else "download"
 
 
-def _offline_hint(what: str, name: str, err: Exception) -> GoodDragError:
-    return GoodDragError(
+def require_loadable(model: str) -> None:
+    """Raise :class:`ModelUnavailableError` at once when ``model`` is a hub id that is neither in
+    the local cache nor downloadable now (rather than after huggingface_hub's retries)."""
+    from .models import resolve
+
+    source = classify_source(resolve(model))
+    if source.kind == "hub" and not hub_cached(source.location) and not hub_reachable():
+        raise _offline_hint("model", model, ConnectionError("hub unreachable"))
+
+
+def _offline_hint(what: str, name: str, err: Exception) -> ModelUnavailableError:
+    return ModelUnavailableError(
         f"cannot load {what} {name!r} ({type(err).__name__}): it is not in the local Hugging Face cache and the hub "
         f"cannot be reached; pass a local diffusers folder or a single-file .safetensors/.ckpt checkpoint instead"
     )
@@ -217,10 +227,8 @@ def load_components(
     """
     from .models import resolve
 
+    require_loadable(model)
     source = classify_source(resolve(model))
-    if source.kind == "hub" and not hub_cached(source.location) and not hub_reachable():
-        # fail at once rather than after huggingface_hub's retries
-        raise _offline_hint("model", model, ConnectionError("hub unreachable"))
     kwargs = dict(torch_dtype=dtype)  # + the backbone's own (gooddrag.backbone.pipeline_kwargs)
     try:
         with warnings.catch_warnings():

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import GoodDragError
+from ..errors import GoodDragError, ModelUnavailableError
 from ..models import BUILTIN, SHAPES_MODEL
 from .progress import RunProgress
 from .state import check_run, make_config, points_to_text
@@ -158,7 +158,7 @@ class Engine:
         """The cached pipeline for (model, device, dtype, vae), loaded on first use.
         Loading errors become one-line GoodDragErrors (naming no server path unless
         ``allow_any_model``; the details go to the server log)."""
-        from ..loading import availability, hub_reachable
+        from ..loading import require_loadable
         from ..pipeline import DragPipeline
 
         location = self.location(model)
@@ -170,13 +170,11 @@ class Engine:
             if key in self._pipes:
                 self._pipes.move_to_end(key)
                 return self._pipes[key]
-            if availability(location) == "download" and not hub_reachable():
-                raise GoodDragError(f"cannot load model {model.strip()} on the server: it is not downloaded there "
-                                    "and the hub cannot be reached (offline)")
-            while len(self._pipes) >= self.max_cached:  # make room first: two big models may not fit
-                self._pipes.popitem(last=False)
-                _free_device_memory()
             try:
+                require_loadable(location)  # before a loaded model is dropped to make room
+                while len(self._pipes) >= self.max_cached:  # make room first: two big models may not fit
+                    self._pipes.popitem(last=False)
+                    _free_device_memory()
                 pipe = DragPipeline.from_pretrained(location, vae=vae, device=self.device, dtype=dtype)
             except Exception as err:  # noqa: BLE001 - any loading failure is shown as one line
                 raise self._load_error(model, err) from None
@@ -185,6 +183,9 @@ class Engine:
             return loaded
 
     def _load_error(self, model: str, err: Exception) -> GoodDragError:
+        if isinstance(err, ModelUnavailableError) and not self.allow_any_model:  # names no path: a hub id
+            return GoodDragError(f"cannot load model {model.strip()} on the server: it is not downloaded there "
+                                 "and the hub cannot be reached (offline)")
         first = (str(err).strip().splitlines() or [""])[0][:300]
         if self.allow_any_model:
             if isinstance(err, GoodDragError):
