@@ -279,6 +279,37 @@ def test_bench_run_manifest_and_refusal_of_other_settings(bench_runs, tiny_model
         bench(*bench_runs.argv[:3], bench_runs.dataset / "out", *bench_runs.argv[4:])
 
 
+def test_bench_run_records_inputs_that_cannot_work_as_refused_and_counts_them(tmp_path, tiny_model_dir, capsys):
+    write_drag100_sample(tmp_path / "ds" / "good")
+    outside = write_drag100_sample(tmp_path / "ds" / "handle_outside")
+    mask = np.zeros((80, 96), np.uint8)
+    mask[:, 50:60] = 255  # the handle (38, 40) is left of it
+    Image.fromarray(mask).save(outside / "mask.png")
+    black = write_drag100_sample(tmp_path / "ds" / "black_mask")
+    Image.fromarray(np.zeros((80, 96), np.uint8)).save(black / "mask.png")
+    out = tmp_path / "results"
+    lines: list[str] = []
+    args = argparse.ArgumentParser(prog="gooddrag bench")
+    register_commands(args.add_subparsers(dest="bench_command"))
+    argv = ["run", tmp_path / "ds", "--out", out, "--model", tiny_model_dir, "--device", "cpu", "--no-progress",
+            *TINY_FLAGS, "--lora-steps", "0", "--drag-end-step", "1"]
+    parsed = args.parse_args([str(a) for a in argv])
+    parsed.argv = ["bench", *map(str, argv)]
+    assert run_command(parsed, say=lines.append) == 0  # refusals are recorded, not failures
+    assert lines == [f"3 sample(s) selected: 1 edited, 0 already done, 0 failed, 2 refused (inputs that cannot "
+                     f"work) (see {out / R.FAILURES}); results in {out}"]
+    assert "refused: handle_outside: pair 1: its handle (38, 40) lies outside" in capsys.readouterr().err
+    failures = {f["sample"]: f for f in R.read_failures(out)}
+    assert sorted(failures) == ["black_mask", "handle_outside"]
+    assert all(f["refused"] and f["error_type"] == "InputsCannotWorkError" for f in failures.values())
+    assert failures["black_mask"]["error"].startswith("the mask marks nothing as editable")
+    assert (out / "good" / "run.json").is_file() and not (out / "handle_outside").exists()
+    assert bench("eval", out, "--metrics", "dai", "--no-progress") == 0
+    text = (out / "eval" / "summary.md").read_text()
+    assert "failed in the run: 0; refused (inputs that cannot work): 2" in text
+    assert "## Refused in the run: inputs that cannot work" in text and "- handle_outside: pair 1" in text
+
+
 # ------------------------------------------------------------------------ DIFT
 @pytest.fixture(scope="module")
 def dift(tiny_model_dir):

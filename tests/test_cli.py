@@ -61,14 +61,14 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def expect_error(capsys, argv: list[str], *words: str) -> str:
-    """Run ``main(argv)``: exit 1, exactly one 'error: ...' line on stderr holding ``words``, no traceback."""
+def expect_error(capsys, argv: list[str], *words: str, rc: int = 1) -> str:
+    """Run ``main(argv)``: exit ``rc``, exactly one 'error: ...' line on stderr holding ``words``, no traceback."""
     capsys.readouterr()
-    rc = main([str(a) for a in argv])
+    got = main([str(a) for a in argv])
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err + captured.out
     lines = captured.err.strip().splitlines()
-    assert rc == 1, (rc, captured.err)
+    assert got == rc, (got, captured.err)
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("error: "), lines[0]
     for word in words:
@@ -352,6 +352,53 @@ def test_error_non_binary_mask(capsys, tmp_path, photo, tiny_model_dir):
                           "--out", tmp_path / "out", *common(tiny_model_dir)],
                  "mask", "is not binary")
     assert not (tmp_path / "out").exists()
+
+
+def _mask_file(path: Path, x0: int = 0, x1: int = 0) -> Path:
+    """A 96x80 mask file, white (may change) in the columns x0..x1-1 only (none when x1 <= x0)."""
+    mask = np.zeros((80, 96), np.uint8)
+    mask[:, x0:x1] = 255
+    Image.fromarray(mask).save(path)
+    return path
+
+
+def test_error_handle_and_target_outside_the_mask_before_any_work(capsys, tmp_path, photo):
+    # the mask is white only in x 50..59; the pair 38,40 > 46,40 lies left of it. The model folder
+    # does not exist: the refusal comes before anything is loaded.
+    mask = _mask_file(tmp_path / "mask.png", 50, 60)
+    expect_error(capsys, ["edit", "--image", photo, "--points", "52,40>55,40; 38,40>46,40", "--mask", mask,
+                          "--out", tmp_path / "out", "--model", tmp_path / "no-model", "--device", "cpu"],
+                 "pair 2: its handle (38, 40) lies outside the mask's editable region (white = may change); "
+                 "paint the mask over the handle and its target, or give no mask", rc=2)
+    expect_error(capsys, ["edit", "--image", photo, "--points", "52,40>46,40", "--mask", mask,
+                          "--out", tmp_path / "out", "--model", tmp_path / "no-model", "--device", "cpu"],
+                 "pair 1: its target (46, 40) lies outside", rc=2)
+    assert not (tmp_path / "out").exists()
+
+
+def test_error_handle_outside_the_mask_of_a_sample_folder(capsys, tmp_path):
+    folder = write_drag100_sample(tmp_path / "s")
+    _mask_file(folder / "mask.png", 50, 60)
+    expect_error(capsys, ["edit", folder, "--out", tmp_path / "out", "--model", tmp_path / "no-model"],
+                 "pair 1: its handle (38, 40) lies outside", rc=2)
+
+
+def test_error_all_black_mask_before_any_work(capsys, tmp_path, photo):
+    mask = _mask_file(tmp_path / "black.png")
+    expect_error(capsys, ["edit", "--image", photo, "--points", "38,40>46,40", "--mask", mask,
+                          "--out", tmp_path / "out", "--model", tmp_path / "no-model", "--device", "cpu"],
+                 "the mask marks nothing as editable (white = may change); give no mask to let everything change",
+                 rc=2)
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_mask_runs_with_one_warning_that_says_what_it_costs(capsys, caplog, tmp_path, photo, tiny_model_dir):
+    caplog.set_level(logging.WARNING)
+    rc = main(["edit", "--image", str(photo), "--points", "38,40>46,40", "--out", str(tmp_path / "out"),
+               *common(tiny_model_dir, lora_steps=0, drag_end_step=1)])
+    assert rc == 0, capsys.readouterr().err
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == ["no mask: every pixel may change; paint the region to keep the rest"]
 
 
 def test_error_points_outside_the_image(capsys, tmp_path, photo, tiny_model_dir):

@@ -1,9 +1,12 @@
 """Coordinate frames: (x, y) image pixels <-> (row, col) grid cells, sizes and masks."""
 
+import numpy as np
 import pytest
 import torch
 
+from gooddrag.errors import GoodDragError, InputsCannotWorkError
 from gooddrag.geometry import (
+    check_mask_covers_points,
     grid_to_image,
     image_to_grid,
     resize_mask,
@@ -45,3 +48,35 @@ def test_resize_mask_nearest():
     mask[:, :2] = 1
     assert resize_mask(mask, (2, 2))[0, 0].tolist() == [[1.0, 0.0], [1.0, 0.0]]
     assert resize_mask(mask, (8, 8)).shape == (1, 1, 8, 8)
+
+
+# ------------------------------------------- inputs that cannot work (docs/method.md)
+def _right_half_mask():
+    mask = np.zeros((4, 6), bool)
+    mask[:, 3:] = True  # x = 3, 4, 5 may change
+    return mask
+
+
+def test_a_point_is_inside_the_mask_when_the_pixel_holding_it_is():
+    mask = _right_half_mask()
+    # x = 3.0 and 2.99 are the first and last sub-pixel positions of pixels 3 and 2
+    check_mask_covers_points(mask, np.array([[3.0, 0.0]]), np.array([[5.99, 3.99]]))
+    with pytest.raises(InputsCannotWorkError, match=r"pair 1: its handle \(2.99, 1\) lies outside"):
+        check_mask_covers_points(mask, np.array([[2.99, 1.0]]), np.array([[4.0, 1.0]]))
+
+
+def test_the_first_pair_that_fails_is_named_with_its_target():
+    mask = _right_half_mask()
+    with pytest.raises(InputsCannotWorkError, match=r"pair 2: its target \(0, 0\) lies outside the mask's "
+                                                    r"editable region \(white = may change\); paint the mask "
+                                                    r"over the handle and its target, or give no mask"):
+        check_mask_covers_points(mask, np.array([[3.0, 0.0], [4.0, 0.0]]), np.array([[4.0, 0.0], [0.0, 0.0]]))
+
+
+def test_a_mask_with_nothing_editable_is_refused_whatever_the_points():
+    with pytest.raises(InputsCannotWorkError, match="the mask marks nothing as editable"):
+        check_mask_covers_points(np.zeros((4, 6), bool), np.array([[3.0, 0.0]]), np.array([[4.0, 0.0]]))
+
+
+def test_inputs_that_cannot_work_exit_with_2_and_are_user_errors():
+    assert issubclass(InputsCannotWorkError, GoodDragError) and InputsCannotWorkError.exit_code == 2

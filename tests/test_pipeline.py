@@ -9,6 +9,7 @@ import pytest
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from gooddrag import PRESETS, GoodDragError, StepEvent
+from gooddrag.errors import NO_MASK_WARNING, InputsCannotWorkError
 from gooddrag.attention import MutualSelfAttentionProcessor
 from tests.helpers import POINTS, make_image, make_mask, tiny_config
 
@@ -196,9 +197,39 @@ def test_mask_of_another_size_is_resized_with_a_warning(tiny_pipe, caplog):
     assert inputs.mask.shape == (1, 1, 16, 16)
 
 
-def test_empty_mask_means_everything_may_change(tiny_pipe):
-    inputs = tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], np.zeros((80, 96), bool), tiny_config())
+def test_no_mask_means_everything_may_change_and_says_so(tiny_pipe, caplog):
+    with caplog.at_level("WARNING", logger="gooddrag.pipeline"):
+        inputs = tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], None, tiny_config())
     assert inputs.mask.min().item() == 1.0
+    assert [r.getMessage() for r in caplog.records] == [NO_MASK_WARNING]
+
+
+def test_a_mask_that_marks_nothing_is_refused(tiny_pipe):
+    with pytest.raises(InputsCannotWorkError, match="the mask marks nothing as editable .white = may change.; "
+                                                    "give no mask to let everything change"):
+        tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], np.zeros((80, 96), bool), tiny_config())
+
+
+@pytest.mark.parametrize("handles,targets,match", [
+    ([[38, 40]], [[60, 40]], r"pair 1: its handle \(38, 40\) lies outside"),
+    ([[60, 40], [38, 40]], [[70, 40], [60, 40]], r"pair 2: its handle \(38, 40\)"),
+    ([[60, 40]], [[38, 40]], r"pair 1: its target \(38, 40\)"),
+])
+def test_a_handle_or_target_outside_the_mask_is_refused(tiny_pipe, handles, targets, match):
+    mask = np.zeros((80, 96), bool)
+    mask[:, 48:] = True  # the right half may change; x = 38 lies in the left half
+    with pytest.raises(InputsCannotWorkError, match=match + ".*paint the mask over the handle and its target"):
+        tiny_pipe.check_inputs(make_image(), handles, targets, mask, tiny_config())
+
+
+def test_a_mask_too_thin_for_the_latent_grid_is_refused(tiny_pipe):
+    # 96x80 input -> 64x64 supervision grid -> 16x16 latent, nearest each time: supervision column j
+    # reads input column floor(j * 96 / 64) = floor(1.5 j), latent column c reads supervision column 4c,
+    # i.e. input column 6c = 0, 6, 12, ...: a one-pixel line at x = 1 reaches no latent cell.
+    mask = np.zeros((80, 96), bool)
+    mask[:, 1] = True
+    with pytest.raises(InputsCannotWorkError, match="keeps no cell of the model's 16x16 latent grid"):
+        tiny_pipe.check_inputs(make_image(), [[1, 10]], [[1, 50]], mask, tiny_config())
 
 
 def test_point_frames_at_the_boundary(tiny_pipe):

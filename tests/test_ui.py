@@ -160,6 +160,14 @@ def test_gradio_client_api_end_to_end(served, tmp_path):
     # user errors come back as one clear message
     with pytest.raises(Exception, match="equals its target"):
         client.predict(handle_file(tmp_path / "input.png"), None, "3,4>3,4", api_name="/drag")
+    black = tmp_path / "black.png"  # an all-black mask file is refused, not read as "no mask"
+    Image.fromarray(np.zeros(case.mask.shape, np.uint8)).save(black)
+    with pytest.raises(Exception, match="the mask marks nothing as editable"):
+        client.predict(handle_file(tmp_path / "input.png"), handle_file(black), points, api_name="/drag")
+    missing = tmp_path / "missing.png"  # white only where no point of the pair is
+    Image.fromarray((~case.mask).astype(np.uint8) * 255).save(missing)
+    with pytest.raises(Exception, match="pair 1: its handle .* lies outside the mask's editable region"):
+        client.predict(handle_file(tmp_path / "input.png"), handle_file(missing), points, api_name="/drag")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(Exception, match="is not an image this app reads"):
         client.predict(handle_file(tmp_path / "notes.txt"), None, points, api_name="/drag")

@@ -153,6 +153,22 @@ def test_run_problem_messages():
     assert state.run_problem(img, [[1, 2], [3, 4]]) is None
 
 
+def test_run_problem_a_painted_mask_that_misses_a_handle_or_its_target():
+    img = Image.new("RGB", (64, 64))
+    mask = np.zeros((64, 64), bool)
+    mask[:, 50:60] = True
+    assert state.run_problem(img, [[52, 23], [55, 23], [34, 23], [46, 23]], mask) == (
+        "Pair 2: its handle (34, 23) lies outside the mask's editable region (white = may change); "
+        "paint the mask over the handle and its target, or give no mask.")
+    assert state.run_problem(img, [[52, 23], [46, 23]], mask).startswith("Pair 1: its target (46, 23)")
+    assert state.run_problem(img, [[52, 23], [55, 23]], mask) is None
+
+
+def test_no_mask_is_said_with_what_it_costs():
+    assert state.describe_mask(None) == (
+        "Mask: none painted. No mask: every pixel may change; paint the region to keep the rest.")
+
+
 def test_settings_presets_and_models():
     assert state.parse_settings("") == {} and state.parse_settings('{"lr": 0.1}') == {"lr": 0.1}
     with pytest.raises(GoodDragError, match="not valid JSON"):

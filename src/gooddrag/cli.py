@@ -1,7 +1,8 @@
 """``gooddrag`` command line: ``edit`` (drag an image) and ``lora`` (train and cache a LoRA).
 
 Every user error ends with one line on stderr and a non-zero exit (1 for a
-bad input or environment, 2 for bad usage, 130 when interrupted).
+bad input or environment, 2 for bad usage or inputs that cannot work, such as
+a handle outside the mask, 130 when interrupted).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_inputs(args, need_points: bool = True):
-    from .samples import Sample, check_points, fit_mask, load_image, load_mask, load_sample, parse_points
+    from .samples import Sample, check_mask_covers_points, check_points, fit_mask, load_image, load_mask, load_sample, parse_points
 
     if args.sample and args.image:
         raise GoodDragError("give either a sample folder or --image, not both")
@@ -119,6 +120,7 @@ def _load_inputs(args, need_points: bool = True):
         check_points(sample.handle_points, sample.target_points, size)
         if sample.mask is not None:
             sample.mask = fit_mask(sample.mask, size)
+            check_mask_covers_points(sample.mask, sample.handle_points, sample.target_points)  # before any work
     return sample
 
 
@@ -170,6 +172,7 @@ def cmd_edit(args) -> int:
 
 
 def cmd_lora(args) -> int:
+    import numpy as np
     import torch
 
     config = config_from_args(args)
@@ -180,7 +183,8 @@ def cmd_lora(args) -> int:
     config = config_for_pipeline(args, config, pipe)
     # Any valid pair works here: the LoRA depends on the image, the prompt and the settings only.
     w, h = sample.image.size
-    inputs = pipe.check_inputs(sample.image, [[0, 0]], [[w - 1, h - 1]], None, config)
+    everything = np.ones((h, w), dtype=bool)  # the LoRA does not read the mask: no "no mask" warning
+    inputs = pipe.check_inputs(sample.image, [[0, 0]], [[w - 1, h - 1]], everything, config)
     from . import lora as lora_mod
 
     try:
@@ -305,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"edit": cmd_edit, "lora": cmd_lora, "demo": cmd_demo, "bench": cmd_bench, "ui": cmd_ui}[args.command](args)
     except GoodDragError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return getattr(err, "exit_code", 1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

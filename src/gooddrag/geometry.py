@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import GoodDragError
+from .errors import EMPTY_MASK, NO_MASK_WARNING, GoodDragError, InputsCannotWorkError  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -124,3 +124,25 @@ def check_points(handle_points, target_points, image_size: tuple[int, int]) -> t
         if np.allclose(h, t):
             raise GoodDragError(f"handle point {i} ({h[0]:g}, {h[1]:g}) equals its target")
     return handles, targets
+
+
+
+
+def check_mask_covers_points(mask: np.ndarray, handle_points: np.ndarray, target_points: np.ndarray) -> None:
+    """Refuse a given mask that cannot work (docs/method.md, "Inputs that cannot work").
+
+    mask: (H, W) bool at the input image's size, True = may change; points: (N, 2)
+    (x, y) input-image pixels, already checked to lie inside the image. A point is
+    inside the editable region when the pixel that holds it, ``mask[int(y), int(x)]``,
+    is. Raises :class:`InputsCannotWorkError` naming the first pair that fails.
+    """
+    if not np.any(mask):
+        raise InputsCannotWorkError(EMPTY_MASK)
+    H, W = mask.shape
+    for i, (handle, target) in enumerate(zip(handle_points, target_points), 1):
+        for kind, (x, y) in (("handle", handle), ("target", target)):
+            if not mask[min(int(y), H - 1), min(int(x), W - 1)]:
+                raise InputsCannotWorkError(
+                    f"pair {i}: its {kind} ({x:g}, {y:g}) lies outside the mask's editable region "
+                    "(white = may change); paint the mask over the handle and its target, or give no mask"
+                )

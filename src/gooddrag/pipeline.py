@@ -35,7 +35,7 @@ from .attention import mutual_self_attention
 from .clock import PhaseClock
 from .config import PRESETS, DragConfig
 from .ddim import DDIMSchedule, ddim_step, make_schedule
-from .errors import GoodDragError
+from .errors import GoodDragError, InputsCannotWorkError
 from .features import FeatureHook
 from .loading import DEFAULT_MODEL, ModelSource, load_components, resolve_device, resolve_dtype
 from .motion import (
@@ -292,15 +292,24 @@ class DragPipeline:
         to_grid = lambda pts: geometry.image_to_grid(  # noqa: E731
             geometry.scale_points(torch.as_tensor(pts, dtype=torch.float64), (H, W), working), working, sup
         ).to(self.device)
-        if mask is None:
+        if mask is None:  # no mask: everything may change, as the authors' code has it
+            logger.warning(geometry.NO_MASK_WARNING)
             mask_t = torch.ones(H, W)
         else:
             mask_arr = np.asarray(mask)
             if mask_arr.ndim != 2:
                 raise GoodDragError(f"mask must be a 2-D array, got shape {mask_arr.shape}")
-            mask_t = torch.as_tensor(geometry.fit_mask(mask_arr > 0, (H, W)), dtype=torch.float32)
-            if mask_t.sum() == 0:  # empty mask: everything may change (docs/algorithm.md, "The task")
-                mask_t = torch.ones(H, W)
+            mask_arr = geometry.fit_mask(mask_arr > 0, (H, W))
+            geometry.check_mask_covers_points(mask_arr, handles, targets)  # refused before any work
+            mask_t = torch.as_tensor(mask_arr, dtype=torch.float32)
+        # input -> supervision grid -> latent, nearest each time, as both authors' codes
+        # resize it (GoodDrag pipeline.py ``prepare_mask`` and ``good_drag``)
+        latent_mask = geometry.resize_mask(geometry.resize_mask(mask_t, sup), latent)
+        if not bool(latent_mask.any()):  # a thin mask that no latent cell keeps (host read, once)
+            raise InputsCannotWorkError(
+                f"the mask keeps no cell of the model's {latent[1]}x{latent[0]} latent grid "
+                f"({self.vae_scale_factor} px per cell at {working[1]}x{working[0]}): paint a wider region"
+            )
         return PreparedInputs(
             image=image,
             working_image=image.resize((working[1], working[0]), Image.LANCZOS),
@@ -312,9 +321,7 @@ class DragPipeline:
             target_points_xy=targets,
             handle_points=to_grid(handles),
             target_points=to_grid(targets),
-            # input -> supervision grid -> latent, nearest each time, as both authors' codes
-            # resize it (GoodDrag pipeline.py ``prepare_mask`` and ``good_drag``)
-            mask=geometry.resize_mask(geometry.resize_mask(mask_t, sup), latent).to(self.device),
+            mask=latent_mask.to(self.device),
         )
 
     # ------------------------------------------------------------ 2. prompt
@@ -693,7 +700,8 @@ class DragPipeline:
 
         image: PIL image of any size; handle_points / target_points: (x, y)
         input-image pixels, one pair per row; mask: (H, W) array, nonzero = may
-        change (None or all-zero: everything may change); prompt: text for the
+        change (None: everything may change; a mask with nothing editable, or one that leaves a
+        handle or target outside, is refused with InputsCannotWorkError); prompt: text for the
         UNet (empty by default); config: a :class:`DragConfig` (default:
         :meth:`default_config`, the gooddrag preset that fits the model); generator: CPU generator for the LoRA's noise
         (default seeded from ``config.seed``); lora_path: use this LoRA instead

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import GoodDragError
-from .geometry import check_points, fit_mask  # noqa: F401 - the input checks live with the frames
+from .geometry import check_mask_covers_points, check_points, fit_mask  # noqa: F401 - the input checks live with the frames
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +185,6 @@ def load_sample(folder: str | Path) -> Sample:
             raise GoodDragError(f"{str(points_path)!r} is not JSON with a 'points' list") from None
         handles, targets = split_point_list(points, repr(str(points_path)))
         mask = load_mask(mask_path) if mask_path.is_file() else None
-        if mask is None:
-            logger.warning("%s has no mask.png: everything may change", folder)
         files = {"image": image_path, "points": points_path} | ({"mask": mask_path} if mask is not None else {})
         prompt = meta.get("prompt", "") if isinstance(meta, dict) else ""
         return Sample(image, handles, targets, mask, prompt, folder.name, layout, files)

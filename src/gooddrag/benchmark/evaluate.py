@@ -271,6 +271,7 @@ def summary_markdown(summary: dict, info: dict) -> str:
     lines = [f"# Evaluation of {info['results']}", ""]
     lines += [f"- method: {info.get('method') or '?'}; model: {info.get('model') or '?'}",
               f"- samples scored: {summary['samples']}; failed in the run: {info['failed']}; "
+              f"refused (inputs that cannot work): {info.get('refused', 0)}; "
               f"could not be scored: {len(info['errors'])}"
               + (f"; not run: {info['missing']}" if info.get("missing") is not None else "")]
     lines += _settings_lines(summary, info)
@@ -282,9 +283,14 @@ def summary_markdown(summary: dict, info: dict) -> str:
         lines.append(f"| {cat} | {vals['samples']} | " + " | ".join(_fmt(vals[c]) for c in cols) + " |")
     if info["errors"]:
         lines += ["", "## Could not be scored", ""] + [f"- {e['sample']}: {e['error']}" for e in info["errors"]]
-    if info["failures"]:
+    failed = [f for f in info["failures"] if not f.get("refused")]
+    refused = [f for f in info["failures"] if f.get("refused")]
+    if failed:
         lines += ["", "## Failed in the run (failures.jsonl)", ""]
-        lines += [f"- {f['sample']}: {f['error_type']}: {f['error']}" for f in info["failures"]]
+        lines += [f"- {f['sample']}: {f['error_type']}: {f['error']}" for f in failed]
+    if refused:
+        lines += ["", "## Refused in the run: inputs that cannot work (failures.jsonl)", ""]
+        lines += [f"- {f['sample']}: {f['error']}" for f in refused]
     return "\n".join(lines) + "\n"
 
 
@@ -433,10 +439,12 @@ def joint_markdown(summaries: dict[str, dict], info: dict) -> str:
     names = list(summaries)
     cols = list(dict.fromkeys(c for s in summaries.values() for c in s["mean"]))
     lines = [f"# Evaluation of {len(names)} methods", "",
-             "| method | results | samples scored | failed in the run | could not be scored |", "|---|---|---|---|---|"]
+             "| method | results | samples scored | failed in the run | refused (cannot work) | could not be scored |",
+             "|---|---|---|---|---|---|"]
     for n in names:
         r = info["runs"][n]
-        lines.append(f"| {n} | {r['results']} | {summaries[n]['samples']} | {r['failed']} | {len(r['errors'])} |")
+        lines.append(f"| {n} | {r['results']} | {summaries[n]['samples']} | {r['failed']} | {r.get('refused', 0)} "
+                     f"| {len(r['errors'])} |")
     lines += [""] + _settings_lines({}, info)
     if "md" in info["metrics"]:
         lines.append("- MD pooled over all pairs (as DragBench's script): "
@@ -463,7 +471,7 @@ def joint_markdown(summaries: dict[str, dict], info: dict) -> str:
     errors = [f"- {n}: {e['sample']}: {e['error']}" for n in names for e in info["runs"][n]["errors"]]
     if errors:
         lines += ["", "## Could not be scored", ""] + errors
-    failures = [f"- {n}: {f['sample']}: {f['error_type']}: {f['error']}"
+    failures = [f"- {n}: {f['sample']}: " + ("refused: " if f.get("refused") else f"{f['error_type']}: ") + f["error"]
                 for n in names for f in info["runs"][n]["failures"]]
     if failures:
         lines += ["", "## Failed in the run (failures.jsonl)", ""] + failures
@@ -597,7 +605,8 @@ def cmd_eval(args, say) -> int:
         manifest = _read_json(run.path / MANIFEST) or {}
         failures = read_failures(run.path)
         run_info = {"results": str(run.path.resolve()), "errors": errors, "failures": failures,
-                    "failed": len(failures), "method": manifest.get("method"),
+                    "failed": sum(1 for f in failures if not f.get("refused")),
+                    "refused": sum(1 for f in failures if f.get("refused")), "method": manifest.get("method"),
                     "model": (manifest.get("model") or {}).get("model")}
         if args.dataset:
             from .runner import find_samples

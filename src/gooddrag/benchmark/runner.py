@@ -43,7 +43,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import GoodDragError
+from ..errors import GoodDragError, InputsCannotWorkError
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ def record_failure(results: Path, sample: SampleRef, err: BaseException, *, shar
         "error": str(err).splitlines()[0] if str(err) else type(err).__name__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "shard": shard,
+        "refused": isinstance(err, InputsCannotWorkError),  # inputs that cannot work: refused before any work
     }
     if not isinstance(err, GoodDragError):
         entry["traceback"] = "".join(traceback.format_exception(type(err), err, err.__traceback__))[-4000:]
@@ -266,7 +267,8 @@ def run_benchmark(args, rels: list[str] | None = None, pipe=None) -> dict:
 
     plan = plan_run(args, rels)
     config, results, todo = plan.config, plan.results, plan.todo
-    counts = {"selected": len(plan.selected), "skipped": len(plan.selected) - len(todo), "done": 0, "failed": 0}
+    counts = {"selected": len(plan.selected), "skipped": len(plan.selected) - len(todo), "done": 0, "failed": 0,
+              "refused": 0}
     if todo:
         if pipe is None:
             from ..options import load_pipeline
@@ -276,10 +278,15 @@ def run_benchmark(args, rels: list[str] | None = None, pipe=None) -> dict:
                    dynamic_ncols=True)
         try:
             for sample in bar:
-                bar.set_postfix_str(f"{sample.rel} ok={counts['done']} failed={counts['failed']}", refresh=False)
+                bar.set_postfix_str(f"{sample.rel} ok={counts['done']} failed={counts['failed']} "
+                                    f"refused={counts['refused']}", refresh=False)
                 try:
                     edit_sample(pipe, sample, results / sample.rel, config, args, plan.dataset)
                     counts["done"] += 1
+                except InputsCannotWorkError as err:  # a sample that cannot work: recorded, the run goes on
+                    record_failure(results, sample, err, shard=plan.shard_text)
+                    counts["refused"] += 1
+                    tqdm.write(f"refused: {sample.rel}: {err}", file=sys.stderr)
                 except Exception as err:  # noqa: BLE001 - one bad sample must not end the run
                     # an out-of-memory sample needs no emptying of the CUDA cache: its tensors are
                     # freed with the frame, and torch's caching allocator releases cached blocks
@@ -349,7 +356,7 @@ def run_on_ray(args, ray=None, poll_s: float = 5.0) -> dict:
             raise GoodDragError("--ray needs Ray on this machine and every node: pip install ray") from None
     plan = plan_run(args)
     counts = {"selected": len(plan.selected), "skipped": len(plan.selected) - len(plan.todo), "done": 0,
-              "failed": 0, "lost": 0}
+              "failed": 0, "refused": 0, "lost": 0}
     if not plan.todo:
         return counts
     if args.ray == "local":
@@ -377,6 +384,7 @@ def run_on_ray(args, ray=None, poll_s: float = 5.0) -> dict:
                         got = ray.get(ref)
                         counts["done"] += got["done"]
                         counts["failed"] += got["failed"]
+                        counts["refused"] += got.get("refused", 0)
                     except Exception as err:  # noqa: BLE001 - retries used up: record it, keep the others
                         counts["lost"] += 1
                         record_failure(plan.results, sample, err)
@@ -419,7 +427,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args, say) -> int:
-    """``gooddrag bench run``: exit 0 when every selected sample has a result, 1 when some failed.
+    """``gooddrag bench run``: exit 0 when every selected sample has a result or was refused (inputs
+    that cannot work, recorded in failures.jsonl with ``"refused": true``), 1 when some failed.
     ``say`` receives the one-line report (the CLI passes ``print``)."""
     from ..outputs import remove_stale_partials
 
@@ -431,6 +440,8 @@ def cmd_run(args, say) -> int:
         logger.info("removed %s, left by a killed writer", stale)
     failed = counts["failed"] + counts.get("lost", 0)
     lost = f" ({counts['lost']} lost with their Ray workers)" if counts.get("lost") else ""
+    refused = counts.get("refused", 0)
     say(f"{counts['selected']} sample(s) selected: {counts['done']} edited, {counts['skipped']} already done, "
-        f"{failed} failed{lost}" + (f" (see {out / FAILURES})" if failed else "") + f"; results in {out}")
+        f"{failed} failed{lost}, {refused} refused (inputs that cannot work)"
+        + (f" (see {out / FAILURES})" if failed or refused else "") + f"; results in {out}")
     return 1 if failed else 0

@@ -320,8 +320,6 @@ class Handlers:
             m = load_mask(mask_path)
             if m.shape != (img.height, img.width):
                 m = fit_mask(m, (img.height, img.width))
-            if not m.any():
-                m = None
         return img, m, points_from_text(points)
 
     def api_drag(self, image, mask, points, prompt="", preset=None, settings="", model=None,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import GoodDragError
+from ..errors import NO_MASK_WARNING, GoodDragError
 from ..models import SHAPES_MODEL
 
 MAX_UPLOAD_MB = 20.0
@@ -118,7 +118,7 @@ def describe_points(points: Sequence[Sequence[float]] | None) -> str:
 def describe_mask(mask: np.ndarray | None) -> str:
     """One line for the page about the painted mask."""
     if mask is None or not np.any(mask):
-        return "Mask: none painted, everything may change."
+        return f"Mask: none painted. {NO_MASK_WARNING[0].upper()}{NO_MASK_WARNING[1:]}."
     n = int(np.sum(mask))
     return f"Mask: {n} px ({n / np.size(mask):.0%} of the image) may change."
 
@@ -219,7 +219,7 @@ def load_upload(path: str | Path, max_bytes: int = int(MAX_UPLOAD_MB * 2**20), m
 
 def check_run(image: Image.Image | None, points, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Check what a run needs; returns (handles, targets) or raises a one-line GoodDragError."""
-    from ..samples import check_points
+    from ..samples import check_mask_covers_points, check_points
 
     if image is None:
         raise GoodDragError("no image: upload one or pick an example first")
@@ -229,6 +229,8 @@ def check_run(image: Image.Image | None, points, mask: np.ndarray | None = None)
         raise GoodDragError(
             f"the mask is {np.shape(mask)[1]}x{np.shape(mask)[0]} but the image is {image.width}x{image.height}"
         )
+    if mask is not None:  # a painted mask that misses a handle or target cannot work
+        check_mask_covers_points(np.asarray(mask, dtype=bool), handles, targets)
     return handles, targets
 
 
