@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .config import METHODS
+from .shapes.scenes import ALL_KINDS
 from .errors import GoodDragError
 from .models import size_warning
 from .options import (
@@ -51,13 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(lora_p)
     add_method_options(lora_p)
     demo = sub.add_parser("demo", help="offline demo on the shipped shapes-64 model, scored against the exact answer",
-                          description="Make a synthetic scene with a known answer, drag it with the shipped "
-                                      "shapes-64 model (no network, CPU is enough), write the result folder and "
-                                      "print the error against the ground truth.")
+                          description="Make two synthetic scenes with a known answer (an object moved, an object "
+                                      "turned), drag them with GoodDrag and GoodDrag+ on the shipped shapes-64 "
+                                      "model (no network, CPU is enough), write one comparison picture and the "
+                                      "result folders, and print each result's scores against the exact answer.")
     demo.add_argument("--seed", type=int, default=0, help="scene and LoRA seed (default: %(default)s)")
     demo.add_argument("--kind", default="single", choices=["single", "multi_point", "multi_object"],
-                      help="kind of drag case (default: %(default)s)")
-    demo.add_argument("--method", default="gooddrag", choices=list(METHODS), help="method (default: %(default)s)")
+                      help="kind of the moved scene (default: %(default)s)")
+    demo.add_argument("--method", default=None, choices=list(METHODS),
+                      help="run this method only (default: gooddrag and gooddrag-plus side by side)")
     demo.add_argument("--out", default="results/demo", help="output folder (default: %(default)s)")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing output folder (default: refuse)")
     demo.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
@@ -69,10 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
         "shapes", help="exact-ground-truth benchmark on synthetic scenes with the shipped shapes-64 model",
         description="Drag cases drawn by seed on synthetic scenes whose right answer is known exactly; "
                     "scores each method by where the moved object really ended up.")
-    shapes.add_argument("--cases", type=int, default=50, help="number of cases (default: %(default)s)")
+    shapes.add_argument("--cases", type=int, default=50,
+                        help="number of translation cases, drawn as before whatever --kinds says "
+                             "(default: %(default)s)")
+    shapes.add_argument("--kinds", default=",".join(ALL_KINDS),
+                        help="comma-separated case kinds: translations single, multi_point, multi_object; "
+                             "deformations rotate, scale, stretch (default: all)")
+    shapes.add_argument("--per-kind", type=int, default=10,
+                        help="cases of each deformation kind (default: %(default)s)")
     shapes.add_argument("--seed", type=int, default=0, help="seed the cases are drawn from (default: %(default)s)")
-    shapes.add_argument("--method", default=",".join(("gooddrag", "gooddrag-plus", "dragdiffusion", "identity")),
-                        help="comma-separated methods: gooddrag, gooddrag-plus, dragdiffusion, identity "
+    shapes.add_argument("--method", default=",".join(("gooddrag", "gooddrag-plus", "dragdiffusion", "identity",
+                                                      "autoencoder")),
+                        help="comma-separated methods: gooddrag, gooddrag-plus, dragdiffusion, and the reference "
+                             "rows identity (the input) and autoencoder (the answer through the model's VAE) "
                              "(default: %(default)s)")
     shapes.add_argument("--out", default="results/bench-shapes", help="output folder (default: %(default)s)")
     shapes.add_argument("--overwrite", action="store_true", help="replace an existing output folder (default: refuse)")
@@ -200,50 +212,38 @@ def cmd_lora(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import numpy as np
+    import json
+
     from PIL import Image
 
-    from .outputs import prepare_out_dir, run_record, write_result_folder
     from .models import SHAPES_MODEL
-    from .shapes.bench import edit_case, load_shapes_pipeline
-    from .shapes.metrics import case_metrics, success_threshold
-    from .shapes.scenes import make_case
+    from .outputs import prepare_out_dir, run_record, write_result_folder
+    from .shapes.bench import DEMO_METHODS, demo_cases, demo_line, demo_picture, load_shapes_pipeline, run_demo
 
     out = prepare_out_dir(args.out, args.overwrite)
-    case = make_case(args.seed, size=64, kind=args.kind)
+    methods = [args.method] if args.method else list(DEMO_METHODS)
     pipe = load_shapes_pipeline(device=args.device)
-    image, seconds, result = edit_case(pipe, case, args.method, seed=args.seed, return_trajectory=True,
-                                       progress=not args.no_progress)
-    scores = case_metrics(image, case)
-    record = run_record(
-        result=result, config=result.config, seed=args.seed,
-        inputs={"layout": "shapes", "case_seed": args.seed, "kind": case.kind, "size": case.size},
-        model={"model": SHAPES_MODEL, "kind": pipe.source.kind if pipe.source else None, "device": str(pipe.device), "dtype": "fp32"},
-        argv=["gooddrag", *args.argv],
-    ) | {"ground_truth_scores": scores}
-    write_result_folder(out, input_image=Image.fromarray(case.image), result=result, mask=case.mask,
-                        run_record=record, overwrite=args.overwrite)
-    Image.fromarray(case.ground_truth).save(out / "ground_truth.png")
-    scale = 4
-    up = lambda a: Image.fromarray(a).resize((64 * scale, 64 * scale), Image.NEAREST)  # noqa: E731
-    from .outputs import draw_points
-
-    tiles = [draw_points(up(case.image), case.handle_points * scale, case.target_points * scale, case.mask.repeat(scale, 0).repeat(scale, 1)),
-             draw_points(up(image), case.handle_points * scale, case.target_points * scale,
-                         final_points=result.handle_points * scale),
-             up(case.ground_truth)]
-    strip = Image.new("RGB", (3 * 64 * scale + 16, 64 * scale), "white")
-    for i, tile in enumerate(tiles):
-        strip.paste(tile, (i * (64 * scale + 8), 0))
-    strip.save(out / "comparison.png")
-    dist = float(np.linalg.norm(case.displacements, axis=1).mean())
-    print(f"wrote {out} (input | result | ground truth: comparison.png)")
-    print(f"{args.method}: object moved to {scores['position_error']:.2f} px from its true place "
-          f"({scores['relative_error']:.0%} of the {dist:.1f} px drag; success = under "
-          f"{success_threshold(case.size):g} px: {'yes' if scores['success'] else 'no'}); "
-          f"PSNR vs ground truth in mask {scores['psnr_in_mask']:.1f} dB (shape PSNR "
-          f"{scores['shape_psnr']:.1f} dB), vs input outside it "
-          f"{scores['psnr_outside_mask']:.1f} dB; {seconds:.1f} s")
+    runs = run_demo(pipe, demo_cases(args.seed, args.kind), methods, seed=args.seed, progress=not args.no_progress)
+    for run in runs:  # one result folder per scene and method, as gooddrag edit writes it
+        folder = out / f"{run.scene}-{run.method}"
+        record = run_record(
+            result=run.result, config=run.result.config, seed=args.seed,
+            inputs={"layout": "shapes", "case_seed": run.case.seed, "kind": run.case.kind, "size": run.case.size},
+            model={"model": SHAPES_MODEL, "kind": pipe.source.kind if pipe.source else None,
+                   "device": str(pipe.device), "dtype": "fp32"},
+            argv=["gooddrag", *args.argv],
+        ) | {"ground_truth_scores": run.scores}
+        write_result_folder(folder, input_image=Image.fromarray(run.case.image), result=run.result,
+                            mask=run.case.mask, run_record=record, overwrite=True)
+        Image.fromarray(run.case.ground_truth).save(folder / "ground_truth.png")
+    demo_picture(runs, out / "comparison.png")
+    scores = {f"{r.scene}-{r.method}": r.scores | {"seconds": r.seconds, "case_seed": r.case.seed,
+                                                   "kind": r.case.kind} for r in runs}
+    (out / "scores.json").write_text(json.dumps(scores, indent=2, default=str) + "\n")
+    print(f"wrote {out}: comparison.png (rows: a move and a turn; input | {' | '.join(methods)} | exact answer), "
+          "scores.json and one result folder per row and method")
+    for run in runs:
+        print(demo_line(run))
     return 0
 
 
@@ -255,9 +255,8 @@ def cmd_bench(args) -> int:
     if args.bench_command != "shapes":
         raise GoodDragError("choose a benchmark: gooddrag bench shapes | run | eval | compare")
     from .outputs import prepare_out_dir
-    from .shapes.bench import BENCH_METHODS, load_shapes_pipeline, run_benchmark, write_report
-    from .shapes.metrics import summarize
-    from .shapes.scenes import make_cases
+    from .shapes.bench import BENCH_METHODS, load_shapes_pipeline, run_benchmark, summarize_by_kind, write_report
+    from .shapes.scenes import make_benchmark_cases
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     bad = [m for m in methods if m not in BENCH_METHODS]
@@ -265,11 +264,19 @@ def cmd_bench(args) -> int:
         raise GoodDragError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(BENCH_METHODS)}")
     if args.cases < 1:
         raise GoodDragError(f"--cases must be at least 1, got {args.cases}")
+    if args.per_kind < 1:
+        raise GoodDragError(f"--per-kind must be at least 1, got {args.per_kind}")
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in ALL_KINDS]
+    if bad or not kinds:
+        raise GoodDragError(f"unknown kind(s) {', '.join(bad) or '(none)'}; choose from {', '.join(ALL_KINDS)}")
+    cases = make_benchmark_cases(args.cases, args.seed, kinds, per_kind=args.per_kind)
+    if not cases:
+        raise GoodDragError(f"no case of kind(s) {', '.join(kinds)} among the {args.cases} translation cases")
     out = prepare_out_dir(args.out, args.overwrite)
-    cases = make_cases(args.cases, args.seed)
     pipe = load_shapes_pipeline(device=args.device)
     rows, images = run_benchmark(pipe, cases, methods, seed=args.seed, progress=not args.no_progress)
-    summary = summarize(rows)
+    summary = summarize_by_kind(rows)
     write_report(out, rows, summary, cases, images, methods, seed=args.seed)
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.md, results.csv, summary.json, figure.png")

@@ -13,7 +13,7 @@ import argparse
 from .config import METHODS, PRESETS, DragConfig, get_preset
 from .errors import GoodDragError
 from .models import preset_for
-from .warp import FILLS
+from .warp import FILLS, WARP_FIELDS
 
 def parse_bool(text: str) -> bool:
     """``true``/``false`` (also yes/no, on/off, 1/0) for the on/off settings."""
@@ -37,6 +37,17 @@ def parse_fill(text: str) -> str:
 
 parse_fill.__name__ = "fill"
 parse_fill.choices = FILLS
+
+
+def parse_field(text: str) -> str:
+    """One of :data:`gooddrag.warp.WARP_FIELDS` (the web UI shows ``choices`` as a list)."""
+    if text not in WARP_FIELDS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(WARP_FIELDS)}, got {text!r}")
+    return text
+
+
+parse_field.__name__ = "field"
+parse_field.choices = WARP_FIELDS
 
 # (flag, DragConfig field, type, one-line help). Defaults are the chosen
 # method's preset; --help prints both presets' values.
@@ -69,8 +80,12 @@ METHOD_SETTINGS = [
     ("--mutual-attention-while-dragging", "mutual_attention_while_dragging", parse_bool,
      "true/false: mutual self-attention also in the drag timesteps' denoising steps"),
     ("--stop-distance", "stop_distance", float, "a handle closer than this to its target is done (supervision cells)"),
+    ("--image-warp", "image_warp", parse_bool,
+     "true/false: GoodDrag+ (ours): warp the masked region of the image along the drag, invert it, drag from there"),
     ("--latent-warp", "latent_warp", parse_bool,
      "true/false: GoodDrag+ (ours): move the masked region of the latent along the drag before it"),
+    ("--warp-field", "warp_field", parse_field,
+     "affine or translations: each mask region's fitted map, or the pairs' displacements blended"),
     ("--warp-fill", "warp_fill", parse_fill, "keep, neighbours or noise: what the latent warp leaves behind gets"),
     ("--subpixel-tracking", "subpixel_tracking", parse_bool,
      "true/false: GoodDrag+ (ours): track the handles to a fraction of a cell"),

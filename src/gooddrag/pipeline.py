@@ -459,6 +459,7 @@ class DragPipeline:
         progress: bool = True,
         callback: StepCallback | None = None,
         keep_trajectory: bool = False,
+        start: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, DragStats, list[torch.Tensor], dict[str, float]]:
         """AIDD (GoodDrag Sec. 3.1): at each of the first ``drag_end_step``
         timesteps, drag (rounds of optimiser steps and point tracking), then
@@ -468,12 +469,18 @@ class DragPipeline:
         first denoising step without drag work (or from the first step, with
         ``mutual_attention_while_dragging``).
 
-        latents: (1, c, h, w) inverted latent at ``schedule.timesteps[0]``.
+        latents: (1, c, h, w) inverted latent at ``schedule.timesteps[0]``; start: another source
+        for the edit (latent like ``latents``, handles (N, 2) supervision cells), e.g. the inversion of
+        the warped image (``config.image_warp``): the reference features, the background term's
+        reference, the source branch and the drag's start all come from it, so AIDD corrects what
+        the warp left; default ``(latents, inputs.handle_points)``.
         Returns clean edited latents, final handles (row, col supervision
         cells), stats, trajectory x0-latents and per-phase seconds.
         """
         pt = self.scheduler.config.prediction_type
         handle_init = inputs.handle_points  # (N, 2) supervision cells
+        if start is not None:  # a given start (the warped image) is the edit's source: all references come from it
+            latents, handle_init = start
         n_drag = config.drag_end_step
         trajectory: list[torch.Tensor] = []
         offsets = patch_offsets(config.r1, self.device)  # ((2 r1 + 1)^2, 2)
@@ -502,9 +509,11 @@ class DragPipeline:
             mark = clock.add("drag", mark)  # the reference trajectory is drag work
 
             # GoodDrag+ (ours): the masked region moved by whole latent cells before the drag
-            z, start = warp.warp_for_drag(latents, inputs.handle_points, inputs.target_points, inputs.mask,
-                                          inputs.sup_size, config) if config.latent_warp else (latents, handle_init)
-            state = _DragState(handles=start.clone())
+            if start is None or config.latent_warp:
+                start = warp.warp_for_drag(latents, inputs.handle_points, inputs.target_points, inputs.mask,
+                                           inputs.sup_size, config) if config.latent_warp else (latents, handle_init)
+            z, start_handles = start
+            state = _DragState(handles=start_handles.clone())
             src = latents
             n_steps = len(schedule)
             mutual_from: int | None = None  # step at which mutual self-attention would start
@@ -738,13 +747,22 @@ class DragPipeline:
             t0 = time.perf_counter()
             latents = self.encode_image(inputs.working_image)
             inverted = self.invert(latents, text, schedule, progress=progress, callback=callback)
+            start = None
+            if config.image_warp:  # GoodDrag+ (ours): the drag starts from the image warped in pixel space
+                to_working = lambda xy: geometry.scale_points(  # noqa: E731 - (x, y) input px -> working px
+                    torch.as_tensor(xy, dtype=torch.float64), inputs.input_size, inputs.working_size)
+                warped, start_handles = warp.image_warp_for_drag(
+                    inputs.working_image, to_working(inputs.handle_points_xy), to_working(inputs.target_points_xy),
+                    inputs.mask, inputs.sup_size, config)
+                start = (self.invert(self.encode_image(warped), text, schedule, progress=False),
+                         start_handles.to(inputs.handle_points.dtype).to(self.device))
             self._sync()
             timings["inversion"] = time.perf_counter() - t0
 
             # 6. drag and denoise
             edited, handles, stats, traj_latents, loop_times = self.drag_and_denoise(
                 inverted, text, schedule, inputs, config,
-                progress=progress, callback=callback, keep_trajectory=return_trajectory,
+                progress=progress, callback=callback, keep_trajectory=return_trajectory, start=start,
             )
             timings.update(loop_times)
         finally:

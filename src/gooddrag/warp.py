@@ -136,8 +136,183 @@ def warp_for_drag(latents: torch.Tensor, handle_points: torch.Tensor, target_poi
         logger.info("latent_warp skipped: the mask covers the whole image (paint the region that may change)")
         return latents, handle_points
     scale = torch.tensor([sup_size[0] / h, sup_size[1] / w], dtype=torch.float64)
-    field = drag_field(handle_points.detach().cpu().double() / scale, target_points.detach().cpu().double() / scale,
-                       (h, w))
+    field = field_for(getattr(config, "warp_field", "translations"), handle_points.detach().cpu().double() / scale,
+                      target_points.detach().cpu().double() / scale, mask[0, 0].cpu() > 0.5)
     generator = torch.Generator().manual_seed(config.seed)
     warped, _ = warp_latent(latents, field, mask, fill=config.warp_fill, generator=generator)
     return warped, warped_points(handle_points, field, scale)
+
+
+# ------------------------------------------------- GoodDrag+ deformation field (ours)
+WARP_FIELDS = ("translations", "affine")
+"""How the pairs become a warp: ``translations`` blends each pair's displacement by inverse
+distance (:func:`drag_field`: a rigid move for one pair); ``affine`` moves each connected region
+of the mask by the one map its pairs fit (:func:`pair_affine`: a translation for one pair, a
+turn + scale + move for two, an affine map for three or more not on one line), so that a turn,
+a growth or a stretch is followed, not rounded to a blend of translations."""
+
+
+def pair_affine(handles: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(2, 3) float64 map ``[A | b]`` with ``targets ~ A handles + b`` for (N, 2) points in any one
+    frame: one pair, a translation; two (or points on one line), the similarity (turn, uniform
+    scale, move) of least squares, exact for two; three or more, the affine map of least squares.
+    Pure least squares (``torch.linalg.lstsq``), as in moving-least-squares image deformation
+    (Schaefer et al., SIGGRAPH 2006) with uniform weights."""
+    src, dst = handles.detach().to("cpu", torch.float64), targets.detach().to("cpu", torch.float64)
+    eye = torch.eye(2, dtype=torch.float64)
+    if len(src) == 1:
+        return torch.cat([eye, (dst - src).T], dim=1)
+    centred = src - src.mean(dim=0)
+    s = torch.linalg.svdvals(centred)
+    if len(src) >= 3 and s[-1] > 0.05 * s[0]:  # spread in both directions: a full affine map
+        design = torch.cat([src, torch.ones(len(src), 1, dtype=torch.float64)], dim=1)  # (N, 3)
+        return torch.linalg.lstsq(design, dst).solution.T  # (2, 3)
+    # similarity [[a, -b], [b, a]] p + t: two equations per pair in (a, b, tx, ty)
+    x, y = src[:, 0], src[:, 1]
+    one, zero = torch.ones_like(x), torch.zeros_like(x)
+    design = torch.cat([torch.stack([x, -y, one, zero], 1), torch.stack([y, x, zero, one], 1)])  # (2N, 4)
+    a, b, tx, ty = torch.linalg.lstsq(design, torch.cat([dst[:, 0], dst[:, 1]])[:, None]).solution[:, 0]
+    return torch.stack([torch.stack([a, -b, tx]), torch.stack([b, a, ty])])
+
+
+def mask_regions(mask: torch.Tensor) -> torch.Tensor:
+    """(h, w) long labels of the 8-connected regions of a (h, w) bool mask: 0 outside, 1..K inside
+    (kornia's connected components, run until every region is labelled: h * w iterations at most)."""
+    from kornia.contrib import connected_components  # heavy import, only when this option is on
+
+    h, w = mask.shape
+    raw = connected_components(mask.to("cpu", torch.float32)[None, None], num_iterations=h * w)[0, 0]
+    ids = torch.unique(raw[mask.cpu()])
+    labels = torch.zeros((h, w), dtype=torch.long)
+    for k, v in enumerate(ids.tolist(), 1):
+        labels[(raw == v) & mask.cpu()] = k
+    return labels
+
+
+def region_maps(handle_points: torch.Tensor, target_points: torch.Tensor, labels: torch.Tensor) -> dict[int, torch.Tensor]:
+    """{region label: (2, 3) map} of the regions that hold a handle (row, col cells of ``labels``'s
+    grid); each region's map is :func:`pair_affine` of its pairs (the pair's handle cell, or its
+    target cell when the handle's is outside every region, names the region)."""
+    h, w = labels.shape
+    owners: dict[int, list[int]] = {}
+    for j, (hp, tp) in enumerate(zip(handle_points.detach().cpu(), target_points.detach().cpu())):
+        for p in (hp, tp):
+            r, c = int(p[0].round().clamp(0, h - 1)), int(p[1].round().clamp(0, w - 1))
+            if labels[r, c] > 0:
+                owners.setdefault(int(labels[r, c]), []).append(j)
+                break
+    return {k: pair_affine(handle_points[js], target_points[js]) for k, js in owners.items()}
+
+
+def affine_field(handle_points: torch.Tensor, target_points: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Backward displacement ``(h, w, 2)`` (row, col cells of ``mask``'s grid, (h, w) bool): every
+    cell ``p`` of a region with pairs takes its content from ``T^-1(p)``, ``T`` the region's map
+    (:func:`region_maps`), i.e. ``field[p] = p - T^-1(p)`` as :func:`warp_latent` reads it; 0 elsewhere."""
+    h, w = mask.shape
+    labels = mask_regions(mask)
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                                indexing="ij")
+    cells = torch.stack([rows, cols], dim=-1)  # (h, w, 2)
+    field = torch.zeros((h, w, 2), dtype=torch.float64)
+    for k, T in region_maps(handle_points, target_points, labels).items():
+        A, b = T[:, :2], T[:, 2]
+        inside = labels == k
+        source = (cells[inside] - b) @ torch.linalg.inv(A).T  # (n, 2)
+        field[inside] = cells[inside] - source
+    return field
+
+
+def warp_image(image: torch.Tensor, field: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Backward bilinear warp of an image's masked pixels: pixel ``p`` inside ``mask`` ((H, W) bool)
+    takes ``image`` at ``p - field[p]`` (row, col px, (H, W, 2)) when that source lies inside the
+    mask; a masked pixel whose source lies outside it is *vacated* (what the moved content uncovers,
+    whose source would be whatever lies behind it, another object perhaps) and is filled from the
+    pixels around the mask (:func:`fill_from_outside`); pixels outside the mask are kept. image:
+    (1, 3, H, W) float. In pixel space, a sub-cell move or a turn is rendered exactly up to bilinear
+    sampling (the latent warp can only move whole cells). torch's ``grid_sample`` samples."""
+    _, _, H, W = image.shape
+    rows, cols = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
+                                indexing="ij")
+    src_r, src_c = rows - field[..., 0], cols - field[..., 1]
+    grid = torch.stack([2 * src_c / max(W - 1, 1) - 1, 2 * src_r / max(H - 1, 1) - 1], dim=-1)  # (H, W, 2) x, y
+    sampled = torch.nn.functional.grid_sample(image, grid[None].to(image.dtype), mode="bilinear",
+                                              padding_mode="border", align_corners=True)
+    r, c = src_r.round().long(), src_c.round().long()
+    in_image = (r >= 0) & (r < H) & (c >= 0) & (c < W)
+    from_mask = in_image & mask[r.clamp(0, H - 1), c.clamp(0, W - 1)]
+    out = torch.where(mask[None, None], sampled, image)
+    vacated = mask & ~from_mask
+    if bool(vacated.any()):
+        out = torch.where(vacated[None, None], fill_from_outside(image, mask), out)
+    return out
+
+
+def fill_from_outside(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``image`` (1, 3, H, W) with every pixel of ``mask`` ((H, W) bool) filled by growing the pixels
+    around it inwards: each round, an unknown pixel next to known ones takes their mean (3x3), until
+    the mask is filled (at most H + W rounds). A smooth background comes back smooth; the denoiser
+    redraws the rest. Written here because it is a few lines of convolution; OpenCV's inpainting
+    would do better on photos but is not a dependency."""
+    known = (~mask).to(image.dtype)[None, None]  # (1, 1, H, W)
+    if not bool(known.any()):
+        return image
+    values = image * known
+    kernel = torch.ones((1, 1, 3, 3), dtype=image.dtype)
+    for _ in range(image.shape[-2] + image.shape[-1]):
+        if bool(known.all()):
+            break
+        count = torch.nn.functional.conv2d(known, kernel, padding=1)
+        total = torch.nn.functional.conv2d(values.reshape(-1, 1, *values.shape[-2:]), kernel, padding=1)
+        grow = (known == 0) & (count > 0)
+        values = torch.where(grow, total.reshape(values.shape) / count.clamp_min(1), values)
+        known = torch.where(grow, torch.ones_like(known), known)
+    return values
+
+
+def field_for(kind: str, handle_points: torch.Tensor, target_points: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The backward field of ``kind`` (:data:`WARP_FIELDS`) on ``mask``'s grid ((h, w) bool); points
+    (N, 2) row, col cells of that grid."""
+    if kind not in WARP_FIELDS:
+        raise ValueError(f"warp field must be one of {', '.join(WARP_FIELDS)}, got {kind!r}")
+    if kind == "affine":
+        return affine_field(handle_points, target_points, mask)
+    return drag_field(handle_points, target_points, tuple(mask.shape))
+
+
+def image_warp_for_drag(working_image, handle_points_xy: torch.Tensor, target_points_xy: torch.Tensor,
+                        mask: torch.Tensor, sup_size: tuple[int, int], config):
+    """The GoodDrag+ start of the drag in pixel space (``config.image_warp``): the working image
+    (PIL, (W, H)) with its masked region warped by ``config.warp_field`` (:func:`warp_image`;
+    the mask (1, 1, h, w) latent cells brought to pixels by nearest neighbour), and the handles
+    (N, 2) row, col supervision cells (grid ``sup_size``) where the warp takes them. The points are
+    (N, 2) (x, y) pixels of the WORKING image, not rounded to cells: a 2 px drag rounded to whole
+    cells would misfit a turn or a scale. The caller encodes and inverts the warped image.
+    Unchanged, with a log line, when the mask covers the whole image (the warp would slide the
+    whole picture)."""
+    import numpy as np
+    from PIL import Image
+
+    W, H = working_image.size
+    px_to_sup = torch.tensor([sup_size[0] / H, sup_size[1] / W], dtype=torch.float64)
+    src = torch.as_tensor(handle_points_xy, dtype=torch.float64).flip(-1)  # (N, 2) row, col px
+    dst = torch.as_tensor(target_points_xy, dtype=torch.float64).flip(-1)
+    if bool((mask > 0.5).all()):
+        logger.info("image_warp skipped: the mask covers the whole image (paint the region that may change)")
+        return working_image, src * px_to_sup
+    pixels = torch.nn.functional.interpolate(mask.float().cpu(), size=(H, W), mode="nearest")[0, 0] > 0.5
+    field = field_for(config.warp_field, src, dst, pixels)
+    image = torch.from_numpy(np.asarray(working_image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    warped = warp_image(image, field, pixels)
+    out = Image.fromarray((warped[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0).round().astype(np.uint8))
+    if config.warp_field == "affine":
+        labels = mask_regions(pixels)
+        maps = region_maps(src, dst, labels)
+        moved = src.clone()
+        for j, p in enumerate(src):
+            r, c = int(p[0].round().clamp(0, H - 1)), int(p[1].round().clamp(0, W - 1))
+            T = maps.get(int(labels[r, c]))
+            if T is not None:
+                moved[j] = T[:, :2] @ p + T[:, 2]
+    else:  # the inverse-distance field is exact at every target
+        moved = dst
+    return out, moved * px_to_sup

@@ -50,11 +50,11 @@ TINY_RUNS = {
 # ----------------------------------------------------------------- shapes-64
 # Scenes of gooddrag.shapes.scenes.make_case(seed, 64, kind); the shapes-gooddrag
 # preset as shipped (LoRA 70 steps x 4), LoRA seed 0.
-SHAPES_CASES = {"single-0": (0, "single"), "multi_point-3": (3, "multi_point")}
+SHAPES_CASES = {"single-0": (0, "single"), "multi_point-3": (3, "multi_point"), "rotate-7": (7, "rotate")}
 SHAPES_RUNS = (("single-0", "gooddrag"), ("single-0", "lam0"), ("single-0", "no_mutual"),
                ("multi_point-3", "gooddrag"), ("multi_point-3", "lam0"),
-               ("single-0", "plus"), ("single-0", "plus_keep"), ("multi_point-3", "plus"),
-               ("multi_point-3", "plus_keep"))
+               ("single-0", "plus"), ("multi_point-3", "plus"), ("single-0", "plus_latent"),
+               ("single-0", "plus_latent_keep"), ("rotate-7", "plus"), ("rotate-7", "plus_blend"))
 """(case, variant) pairs the behaviour tests run; variants: see :func:`shapes_config`."""
 SHAPES_GOLDEN = ("single-0", "gooddrag")
 """The shapes-64 run whose latent corner and handles are stored in shapes.json."""
@@ -104,17 +104,27 @@ def tiny_run(pipe, method: str, cache_dir: str | Path) -> Run:
 
 
 def shapes_case(name: str):
-    from gooddrag.shapes.scenes import make_case
+    from gooddrag.shapes.scenes import make_any_case
 
     seed, kind = SHAPES_CASES[name]
-    return make_case(seed, 64, kind)
+    return make_any_case(seed, 64, kind)
+
+
+PLUS_VARIANTS = {
+    "plus": {},
+    # the pairs' displacements blended as translations instead of each region's fitted map
+    "plus_blend": {"warp_field": "translations"},
+    # the start of GoodDrag+ before the image warp: the latent warp of the translation blend
+    "plus_latent": {"image_warp": False, "latent_warp": True, "warp_field": "translations"},
+    "plus_latent_keep": {"image_warp": False, "latent_warp": True, "warp_field": "translations", "warp_fill": "keep"},
+}
 
 
 def shapes_config(pipe, variant: str):
     """``gooddrag`` (the faithful preset), ``lam0``, ``no_mutual``; ``plus`` (shapes-gooddrag-plus)
-    and ``plus_keep`` (its warp leaving the vacated cells as they were)."""
+    and its variants of :data:`PLUS_VARIANTS`."""
     if variant.startswith("plus"):
-        return get_preset("shapes-gooddrag-plus", seed=0, **({"warp_fill": "keep"} if variant == "plus_keep" else {}))
+        return get_preset("shapes-gooddrag-plus", seed=0, **PLUS_VARIANTS[variant])
     overrides = {
         "gooddrag": {},
         "lam0": {"lam": 0.0},  # no background term
@@ -135,7 +145,7 @@ def shapes_scores(run: Run, case) -> dict:
 
     m = case_metrics(np.asarray(run.result.image.convert("RGB")), case)
     return {"relative_error": m["relative_error"], "psnr_outside_mask": m["psnr_outside_mask"],
-            "psnr_in_mask": m["psnr_in_mask"], "shape_psnr": m["shape_psnr"],
+            "psnr_in_mask": m["psnr_in_mask"], "shape_psnr": m["shape_psnr"], "iou": m["iou"],
             "drag_steps": run.result.stats.drag_steps}
 
 

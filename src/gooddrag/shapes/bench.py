@@ -24,13 +24,16 @@ from PIL import Image, ImageDraw
 from ..config import get_preset
 from ..models import SHAPES_MODEL, shipped_model_dir  # noqa: F401 - shipped_model_dir: for callers of this module
 from ..outputs import draw_points
-from .metrics import case_metrics, success_threshold, summarize
-from .scenes import DragCase
+from .metrics import DEFORMATION_SUCCESS, case_metrics, success_threshold, summarize
+from .scenes import ALL_KINDS, DragCase
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = SHAPES_MODEL
-BENCH_METHODS = ("gooddrag", "dragdiffusion", "gooddrag-plus", "identity")
+BENCH_METHODS = ("gooddrag", "dragdiffusion", "gooddrag-plus", "identity", "autoencoder")
+REFERENCE_METHODS = ("identity", "autoencoder")
+"""Reference rows: the input unchanged (what doing nothing scores) and the exact answer passed
+through the model's own autoencoder (the best any edit by this model can score: the ceiling)."""
 
 
 def load_shapes_pipeline(device: str = "cpu", dtype: str = "fp32", folder=None):
@@ -51,6 +54,10 @@ def edit_case(pipe, case: DragCase, method: str, *, seed: int = 0, lora_cache_di
     t0 = time.perf_counter()
     if method == "identity":
         return case.image.copy(), time.perf_counter() - t0, None
+    if method == "autoencoder":
+        with torch.no_grad():
+            (decoded,) = pipe.decode_latents(pipe.encode_image(Image.fromarray(case.ground_truth)))
+        return np.asarray(decoded.convert("RGB")), time.perf_counter() - t0, None
     config = get_preset(f"shapes-{method}", seed=seed, **overrides)
     result = pipe(
         Image.fromarray(case.image), case.handle_points, case.target_points, mask=case.mask, config=config,
@@ -87,28 +94,49 @@ def _fmt(v, digits=2):
     return str(v)
 
 
+def summarize_by_kind(rows) -> dict:
+    """{kind: :func:`summarize` of that kind's rows}, kinds in :data:`ALL_KINDS` order, then "all"."""
+    kinds = [k for k in ALL_KINDS if any(r["kind"] == k for r in rows)]
+    return {k: summarize([r for r in rows if r["kind"] == k]) for k in kinds} | {"all": summarize(rows)}
+
+
 def markdown_table(summary: dict, *, cases: int, seed: int, size: int) -> str:
+    """One table per kind (``summary`` from :func:`summarize_by_kind`)."""
     head = (
-        f"Shapes benchmark: {cases} cases, seed {seed}, {size}x{size} px, model {MODEL_NAME}; success = every "
-        f"moved object within {success_threshold(size):g} px of its true place.\n\n"
-        "Shape PSNR: in the mask, against the ground truth re-rendered with each object where the result put "
-        "it (position taken out; cases with a lost object left out).\n\n"
-        "| method | median error px | median error / distance | success | lost | PSNR in mask vs GT dB "
-        "| shape PSNR dB | L1 in mask vs GT | PSNR outside mask vs input dB | s / case |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        f"Shapes benchmark: {cases} cases, seed {seed}, {size}x{size} px, model {MODEL_NAME}.\n\n"
+        f"Translation kinds: error = the moved objects' centroid error, success = every moved object within "
+        f"{success_threshold(size):g} px of its true place. Deformation kinds (rotate, scale, stretch): error = "
+        "the per-point error (each handle taken by the pose the result reached, against where the answer's "
+        f"pose takes it) over the mean drag length, success = at most {DEFORMATION_SUCCESS:g} of it; px error "
+        "= the centroid's. IoU: the object's pixels (by colour) against the answer's. Shape PSNR: in the mask, "
+        "against the answer re-rendered at the pose the result reached (cases with a lost object left out). "
+        "Reference rows: identity (the input), autoencoder (the answer through the model's VAE: the ceiling).\n"
     )
-    lines = [
-        f"| {m} | {_fmt(s['median_position_error'])} | {_fmt(s['median_relative_error'])} | "
-        f"{s['success_rate']:.0%} | {s['lost_rate']:.0%} | {_fmt(s['mean_psnr_in_mask'])} | "
-        f"{_fmt(s.get('mean_shape_psnr', math.nan))} | "
-        f"{_fmt(s['mean_l1_in_mask'], 4)} | {_fmt(s['mean_psnr_outside_mask'])} | {_fmt(s.get('mean_seconds', math.nan))} |"
-        for m, s in summary.items()
-    ]
-    return head + "\n".join(lines) + "\n"
+    cols = ("| method | median error px | median error / distance | success | lost | median IoU "
+            "| PSNR in mask vs GT dB | shape PSNR dB | L1 in mask vs GT | PSNR outside mask vs input dB | s / case |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    parts = [head]
+    for kind, per_method in summary.items():
+        n = next(iter(per_method.values()))["n"]
+        parts.append(f"\n### {kind} ({n} cases)\n\n" + cols + "\n".join(
+            f"| {m} | {_fmt(s['median_position_error'])} | {_fmt(s['median_relative_error'])} | "
+            f"{s['success_rate']:.0%} | {s['lost_rate']:.0%} | {_fmt(s.get('median_iou', math.nan))} | "
+            f"{_fmt(s['mean_psnr_in_mask'])} | {_fmt(s.get('mean_shape_psnr', math.nan))} | "
+            f"{_fmt(s['mean_l1_in_mask'], 4)} | {_fmt(s['mean_psnr_outside_mask'])} | "
+            f"{_fmt(s.get('mean_seconds', math.nan))} |"
+            for m, s in per_method.items()) + "\n")
+    return "".join(parts)
 
 
 def figure(cases, images, methods, path: Path, n: int = 4, scale: int = 3) -> None:
-    """A few cases side by side: input with points, ground truth, each method's result."""
+    """A few cases side by side (the first of each kind, then the next ones, ``n`` rows at least one
+    per kind): input with points, ground truth, each method's result."""
+    first = list(dict.fromkeys(c.kind for c in cases))
+    order = [next(i for i, c in enumerate(cases) if c.kind == k) for k in first]
+    order += [i for i in range(len(cases)) if i not in order]
+    n = max(n, len(first))
+    cases = [cases[i] for i in order]
+    images = {m: [images[m][i] for i in order] for m in methods}
     cols = ["input", "ground truth", *methods]
     size = cases[0].size * scale
     pad, top = 4, 18
@@ -135,9 +163,85 @@ def write_report(out: Path, rows, summary, cases, images, methods, *, seed: int)
         writer.writeheader()
         writer.writerows(rows)
     (out / "results.md").write_text(markdown_table(summary, cases=len(cases), seed=seed, size=cases[0].size))
+    rows = [dict(r) for r in rows]  # csv: every row the same columns
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_fmt))
     figure(cases, images, methods, out / "figure.png")
 
 
 def config_record(method: str, seed: int) -> dict:
-    return {} if method == "identity" else dataclasses.asdict(get_preset(f"shapes-{method}", seed=seed))
+    return {} if method in REFERENCE_METHODS else dataclasses.asdict(get_preset(f"shapes-{method}", seed=seed))
+
+
+# ------------------------------------------------------------------------ demo
+DEMO_METHODS = ("gooddrag", "gooddrag-plus")
+DEMO_SCALE = 4  # the demo picture shows each 64 px tile at 256 px
+
+
+@dataclasses.dataclass
+class DemoRun:
+    """One method on one demo scene: the case, the result image (H, W, 3) uint8, its scores, seconds."""
+
+    scene: str
+    method: str
+    case: DragCase
+    image: np.ndarray
+    scores: dict
+    seconds: float
+    result: object  # DragResult
+
+
+def demo_cases(seed: int, kind: str = "single") -> dict[str, DragCase]:
+    """The demo's two scenes: a translation (``kind``) and a turn, both made from ``seed``."""
+    from .scenes import make_case, make_deformation_case
+
+    return {"move": make_case(seed, size=64, kind=kind), "turn": make_deformation_case(seed, 64, "rotate")}
+
+
+def run_demo(pipe, cases: dict[str, DragCase], methods, *, seed: int, progress: bool = False) -> list[DemoRun]:
+    """Every method on every demo scene, with its trajectory (for the result folders)."""
+    runs = []
+    for scene, case in cases.items():
+        for method in methods:
+            image, seconds, result = edit_case(pipe, case, method, seed=seed, return_trajectory=True,
+                                               progress=progress)
+            runs.append(DemoRun(scene, method, case, image, case_metrics(image, case), seconds, result))
+    return runs
+
+
+def demo_picture(runs: list[DemoRun], path: Path) -> None:
+    """One row per scene: input (mask, handles red, targets blue) | each method (final handles
+    yellow) | the exact answer, each 64 px tile shown at DEMO_SCALE, a label above each column."""
+    scenes = list(dict.fromkeys(r.scene for r in runs))
+    methods = list(dict.fromkeys(r.method for r in runs))
+    n = 64 * DEMO_SCALE
+    pad, top, left = 8, 22, 44
+    cols = ["input", *methods, "exact answer"]
+    pic = Image.new("RGB", (left + len(cols) * (n + pad), top + len(scenes) * (n + pad)), "white")
+    draw = ImageDraw.Draw(pic)
+    for j, name in enumerate(cols):
+        draw.text((left + j * (n + pad) + 4, 4), name, fill="black")
+    up = lambda a: Image.fromarray(a).resize((n, n), Image.NEAREST)  # noqa: E731
+    for i, scene in enumerate(scenes):
+        row = [r for r in runs if r.scene == scene]
+        case = row[0].case
+        big = lambda p: p * DEMO_SCALE + (DEMO_SCALE - 1) / 2  # noqa: E731 - pixel centres at the bigger scale
+        mask = case.mask.repeat(DEMO_SCALE, 0).repeat(DEMO_SCALE, 1)
+        tiles = [draw_points(up(case.image), big(case.handle_points), big(case.target_points), mask)]
+        tiles += [draw_points(up(r.image), big(case.handle_points), big(case.target_points),
+                              final_points=big(r.result.handle_points)) for r in row]
+        tiles.append(up(case.ground_truth))
+        y = top + i * (n + pad)
+        draw.text((4, y + n // 2), scene, fill="black")
+        for j, tile in enumerate(tiles):
+            pic.paste(tile, (left + j * (n + pad), y))
+    pic.save(path)
+
+
+def demo_line(run: DemoRun) -> str:
+    """The figures of one demo run, in words."""
+    s = run.scores
+    what = (f"point error {s['relative_error']:.0%} of the drag" if run.case.kind in ("rotate", "scale", "stretch")
+            else f"object {s['position_error']:.2f} px from its true place ({s['relative_error']:.0%} of the drag)")
+    return (f"{run.scene}: {run.method:14s} {what}; IoU with the answer {s['iou']:.2f}; PSNR vs answer in mask "
+            f"{s['psnr_in_mask']:.1f} dB (shape {s['shape_psnr']:.1f} dB), vs input outside "
+            f"{s['psnr_outside_mask']:.1f} dB; {run.seconds:.1f} s")

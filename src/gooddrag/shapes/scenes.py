@@ -40,6 +40,19 @@ import numpy as np
 SHAPE_KINDS = ("disc", "square", "triangle", "ellipse", "rectangle", "diamond")
 TEXTURES = ("solid", "stripes")
 CASE_KINDS = ("single", "multi_point", "multi_object")
+"""Translation kinds: whole objects moved by integer vectors."""
+DEFORMATION_KINDS = ("rotate", "scale", "stretch")
+"""Deformation kinds: one object turned, grown/shrunk, or lengthened/shortened along one axis
+about its centre (:func:`make_deformation_case`)."""
+ALL_KINDS = CASE_KINDS + DEFORMATION_KINDS
+DEFORMABLE_SHAPES = ("ellipse", "rectangle", "diamond")
+"""Shapes a deformation case moves: centrally symmetric with aspect < 1, so their pose (centre,
+angle mod 180 degrees, both axes) can be read back from their pixels' second moments."""
+ROTATE_DEGREES = (15.0, 45.0)      # |turn|, either direction
+SCALE_RANGES = ((0.7, 0.85), (1.2, 1.45))     # factor, shrunk or grown
+STRETCH_RANGES = ((0.7, 0.85), (1.2, 1.45))   # factor along the long axis; the short axis is kept
+HANDLE_REACH = 0.8                 # handles on the long axis at +-0.8 of the half-length
+DEFORMATION_SIZE_RANGE = (0.30, 0.42)  # larger objects than the translation kinds': drags of 2-6 px
 
 SUPERSAMPLE = 4                  # coverage = mean of SUPERSAMPLE x SUPERSAMPLE samples per pixel
 SIZE_RANGE = (0.18, 0.30)        # object size as a fraction of the image side
@@ -280,9 +293,10 @@ def _support_ok(support: np.ndarray, blocked: np.ndarray) -> bool:
     return not (dilate(support, GAP_PX) & blocked).any()
 
 
-def random_scene(rng: np.random.Generator, size: int = 64, n_objects: int | None = None) -> Scene:
+def random_scene(rng: np.random.Generator, size: int = 64, n_objects: int | None = None,
+                 size_range: tuple[float, float] = SIZE_RANGE) -> Scene:
     """A random scene: muted background and ``n_objects`` (1..3 at random when None)
-    non-overlapping shapes of size 18-30 % of ``size``, solid or striped."""
+    non-overlapping shapes of size ``size_range`` (18-30 %) of ``size``, solid or striped."""
     for _ in range(100):
         n = int(rng.integers(1, 4)) if n_objects is None else int(n_objects)
         background = _background(rng, size)
@@ -296,7 +310,7 @@ def random_scene(rng: np.random.Generator, size: int = 64, n_objects: int | None
             palette, hue = _palette(rng, texture, bg_colours, colours, hues)
             if palette is None:
                 break
-            obj_size = rng.uniform(*SIZE_RANGE) * size
+            obj_size = rng.uniform(*size_range) * size
             obj = ShapeObject(
                 kind=kind, center_xy=(0.0, 0.0), size=float(obj_size),
                 angle=float(rng.uniform(0, 2 * math.pi)) if kind != "disc" else 0.0,
@@ -354,6 +368,12 @@ class DragCase:
     areas: np.ndarray
     point_objects: np.ndarray
     background: np.ndarray
+    transforms: np.ndarray | None = None
+    """Per moved object, the (2, 3) affine map ``[A | b]`` of (x, y) px that takes the input's
+    object to the ground truth's: ``x' = A x + b`` (a translation ``[I | d]`` for the translation
+    kinds). Every target is ``A handle + b`` of its object's map."""
+    end_objects: list[ShapeObject] | None = None
+    """The objects as the ground truth draws them (the moved ones at their new pose)."""
 
 
 def _draw_displacement(rng: np.random.Generator, size: int) -> tuple[int, int]:
@@ -450,6 +470,114 @@ def make_case(seed: int, size: int = 64, kind: str = "single") -> DragCase:
             displacements=np.asarray(ds, dtype=np.float64), moved=tuple(moved), objects=objs,
             start_centroids=np.asarray(c0), end_centroids=np.asarray(c1), areas=np.asarray(areas),
             point_objects=np.asarray(owners, dtype=np.int64), background=scene.background,
+            transforms=np.asarray([[[1.0, 0.0, d[0]], [0.0, 1.0, d[1]]] for d in ds]),
+        )
+    raise RuntimeError(f"no valid {kind} case for seed {seed} at size {size}")
+
+
+def _rotation(theta: float) -> np.ndarray:
+    """(2, 2) rotation of (x, y) offsets by ``theta`` radians (y points down, so a positive
+    angle turns clockwise on screen, as :class:`ShapeObject`'s ``angle`` does)."""
+    c, s = math.cos(theta), math.sin(theta)
+    return np.array([[c, -s], [s, c]])
+
+
+def deform(obj: ShapeObject, kind: str, amount: float) -> tuple[ShapeObject, np.ndarray]:
+    """``obj`` turned (``kind="rotate"``, ``amount`` radians), scaled (``"scale"``, factor) or
+    stretched along its long axis (``"stretch"``, factor; the short axis keeps its length) about
+    its centre, and the (2, 2) linear part ``A`` of that map of (x, y) offsets from the centre.
+    The new object is drawn exactly as ``A`` takes the old one, its stripes included."""
+    e = dict(kind=obj.kind, center_xy=obj.center_xy, size=obj.size, angle=obj.angle, palette=obj.palette,
+             texture=obj.texture, aspect=obj.aspect, stripe_period=obj.stripe_period,
+             stripe_angle=obj.stripe_angle, stripe_phase=obj.stripe_phase)
+    if kind == "rotate":
+        e["angle"] = obj.angle + amount
+        A = _rotation(amount)
+    elif kind == "scale":
+        e["size"], e["stripe_period"] = obj.size * amount, obj.stripe_period * amount
+        A = amount * np.eye(2)
+    elif kind == "stretch":
+        # shape frame (u, v) -> (k u, v): a stripe coordinate w = u cos b + v sin b becomes
+        # (u'/k) cos b + v' sin b, i.e. direction (cos b / k, sin b) of norm n: angle and period / n
+        b = obj.stripe_angle
+        n = math.hypot(math.cos(b) / amount, math.sin(b))
+        e["size"], e["aspect"] = obj.size * amount, obj.aspect / amount
+        e["stripe_angle"], e["stripe_period"] = math.atan2(math.sin(b), math.cos(b) / amount), obj.stripe_period / n
+        R = _rotation(obj.angle)
+        A = R @ np.diag([amount, 1.0]) @ R.T
+    else:
+        raise ValueError(f"kind must be one of {DEFORMATION_KINDS}, got {kind!r}")
+    return ShapeObject(**e), A
+
+
+def _draw_amount(rng: np.random.Generator, kind: str) -> float:
+    if kind == "rotate":
+        return math.radians(rng.uniform(*ROTATE_DEGREES)) * (1 if rng.uniform() < 0.5 else -1)
+    lo, hi = (SCALE_RANGES if kind == "scale" else STRETCH_RANGES)[int(rng.integers(2))]
+    return float(rng.uniform(lo, hi))
+
+
+def _deformation_handles(obj: ShapeObject, kind: str, n_pairs: int) -> np.ndarray:
+    """(n, 2) (x, y) handles in ``obj``: the two ends of its long axis at HANDLE_REACH of the
+    half-length, and for a third pair a point off that axis (on the short axis for a turn or a
+    scale; inside a quadrant for a stretch, where the short axis does not move)."""
+    a = obj.size / 2
+    b = a * obj.aspect
+    local = [(HANDLE_REACH * a, 0.0), (-HANDLE_REACH * a, 0.0)]
+    if n_pairs == 3:
+        local.append((0.0, HANDLE_REACH * b) if kind != "stretch" else (0.4 * a, 0.45 * b))
+    R = _rotation(obj.angle)
+    return np.asarray([np.asarray(obj.center_xy) + R @ np.asarray(p) for p in local])
+
+
+def make_deformation_case(seed: int, size: int = 64, kind: str = "rotate") -> DragCase:
+    """A deformation case: one ellipse, rectangle or diamond (30-42 % of the image side) of a
+    random scene of 1-2 objects turned by 15-45
+    degrees, scaled by 0.7-0.85 or 1.2-1.45, or stretched along its long axis by the same factors
+    (its aspect changes), about its centre. 2 or 3 pairs (3 for a stretch, which 2 pairs on one
+    axis cannot tell from a scale): handles on the object (:func:`_deformation_handles`), each
+    target where the object's own map takes its handle. The ground truth re-renders the object at
+    its new pose; it ends whole inside the image and more than 2 px from every other object; the
+    mask is its start and end coverage dilated as for the translation kinds. ``displacements``
+    holds the centroid's move (0 up to float rounding: the map keeps the centre)."""
+    if kind not in DEFORMATION_KINDS:
+        raise ValueError(f"kind must be one of {DEFORMATION_KINDS}, got {kind!r}")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), DEFORMATION_KINDS.index(kind) + 1]))
+    for _ in range(500):
+        scene = random_scene(rng, size, int(rng.integers(1, 3)), size_range=DEFORMATION_SIZE_RANGE)
+        objs = scene.objects
+        choices = [i for i, o in enumerate(objs) if o.kind in DEFORMABLE_SHAPES]
+        if not choices:
+            continue
+        i = int(choices[rng.integers(len(choices))])
+        amount = _draw_amount(rng, kind)
+        new, A = deform(objs[i], kind, amount)
+        if kind == "stretch" and not new.aspect < 0.9:  # the long axis must stay the long one
+            continue
+        blocked = np.zeros((size, size), dtype=bool)
+        for j, o in enumerate(objs):
+            if j != i:
+                blocked |= o.coverage(size) > 0
+        a0, a1 = objs[i].coverage(size), new.coverage(size)
+        if not _support_ok(a1 > 0, blocked):
+            continue
+        handles = _deformation_handles(objs[i], kind, 3 if kind == "stretch" else int(rng.integers(2, 4)))
+        c = np.asarray(objs[i].center_xy)
+        b = c - A @ c
+        targets = handles @ A.T + b
+        if np.linalg.norm(targets - handles, axis=1).min() < 0.5:
+            continue
+        end_objects = list(objs)
+        end_objects[i] = new
+        return DragCase(
+            seed=int(seed), kind=kind, size=size, image=scene.image,
+            ground_truth=compose(scene.background, end_objects),
+            mask=dilate((a0 > 0) | (a1 > 0), mask_margin(size)),
+            handle_points=handles, target_points=targets,
+            displacements=(_centroid(a1) - _centroid(a0))[None], moved=(i,), objects=objs,
+            start_centroids=_centroid(a0)[None], end_centroids=_centroid(a1)[None], areas=np.asarray([a0.sum()]),
+            point_objects=np.full(len(handles), i, dtype=np.int64), background=scene.background,
+            transforms=np.concatenate([A, b[:, None]], axis=1)[None], end_objects=end_objects,
         )
     raise RuntimeError(f"no valid {kind} case for seed {seed} at size {size}")
 
@@ -457,6 +585,28 @@ def make_case(seed: int, size: int = 64, kind: str = "single") -> DragCase:
 def case_seed(seed: int, index: int) -> int:
     """The seed of case ``index`` of a set made from master ``seed``."""
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint32)[0])
+
+
+def make_any_case(seed: int, size: int = 64, kind: str = "single") -> DragCase:
+    """The case of any kind of :data:`ALL_KINDS` (translation or deformation) made from ``seed``."""
+    if kind in DEFORMATION_KINDS:
+        return make_deformation_case(seed, size, kind)
+    return make_case(seed, size, kind)
+
+
+def make_benchmark_cases(n: int, seed: int, kinds=ALL_KINDS, per_kind: int = 10, size: int = 64) -> list[DragCase]:
+    """The shapes benchmark's cases: the ``n`` translation cases of :func:`make_cases` (the same
+    ones whatever else is asked) whose kind is in ``kinds``, then ``per_kind`` cases of each
+    deformation kind in ``kinds``, case i of kind k made from ``case_seed(seed, 1000 * (j + 1) + i)``
+    (j = k's index in :data:`DEFORMATION_KINDS`)."""
+    unknown = [k for k in kinds if k not in ALL_KINDS]
+    if unknown:
+        raise ValueError(f"unknown case kind(s) {unknown}; choose from {ALL_KINDS}")
+    cases = [c for c in make_cases(n, seed, size) if c.kind in kinds] if any(k in CASE_KINDS for k in kinds) else []
+    for j, kind in enumerate(DEFORMATION_KINDS):
+        if kind in kinds:
+            cases += [make_deformation_case(case_seed(seed, 1000 * (j + 1) + i), size, kind) for i in range(per_kind)]
+    return cases
 
 
 def make_cases(n: int, seed: int, size: int = 64, kinds=CASE_KINDS, weights=(0.6, 0.2, 0.2)) -> list[DragCase]:

@@ -33,7 +33,7 @@ PRESET_LABELS = {
     "dragdiffusion": "DragDiffusion",
     "shapes-gooddrag": "GoodDrag, shapes-64 settings",
     "shapes-dragdiffusion": "DragDiffusion, shapes-64 settings",
-    "gooddrag-plus": "GoodDrag+ (ours: latent warp, sub-pixel tracking)",
+    "gooddrag-plus": "GoodDrag+ (ours: image warp, sub-pixel tracking)",
     "shapes-gooddrag-plus": "GoodDrag+, shapes-64 settings",
 }
 MAIN_SETTINGS = ("lora_steps", "drag_end_step", "track_per_step", "max_drag_per_track", "lr", "lam")
