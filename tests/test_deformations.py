@@ -138,14 +138,38 @@ def test_vacated_pixels_are_grown_in_from_around_the_mask_by_hand():
     assert torch.equal(warp.fill_from_outside(image, mask)[0, 0, 0], torch.tensor([1.0, 1.0, 3.0, 5.0, 5.0]))
 
 
-def test_what_a_move_uncovers_is_filled_not_copied_from_behind():
-    """A move right by 2 inside the mask x 2..6: x 2, 3 would take x 0, 1 (outside the mask; x 0
-    stands for another object); they are grown in from the pixels next to the mask instead."""
+def test_what_a_move_uncovers_is_copied_from_behind_or_grown_in():
+    """A move right by 2 inside the mask x 2..6: x 2, 3 take x 0, 1 (outside the mask; x 0 stands for
+    another object) by default; with fill "around" they are grown in from the pixels next to the mask."""
     row = torch.tensor([3.0, 7.0, 0.0, 1.0, 2.0, 3.0, 4.0, 0.0]).reshape(1, 1, 1, 8).expand(1, 3, 1, 8).contiguous()
     mask = torch.zeros((1, 8), dtype=torch.bool)
     mask[0, 2:7] = True
     field = warp.affine_field(torch.tensor([[0.0, 3.0]]), torch.tensor([[0.0, 5.0]]), mask)
-    out = warp.warp_image(row, field, mask)[0, 0, 0]
+    out = warp.warp_image(row, field, mask, fill="around")[0, 0, 0]
+    behind = warp.warp_image(row, field, mask)[0, 0, 0]
+    assert torch.allclose(behind[2:4], torch.tensor([3.0, 7.0]), atol=1e-5)  # the default copies what lies behind
     assert torch.allclose(out[4:7], torch.tensor([0.0, 1.0, 2.0]), atol=1e-5)  # moved from x 2..4
     assert torch.allclose(out[2:4], torch.tensor([7.0, 7.0]))  # grown in from x = 1, never x = 0's 3
     assert out[0:2].tolist() == [3.0, 7.0] and out[7].item() == 0.0  # outside the mask: kept
+
+
+def test_the_image_warp_at_stable_diffusion_size_takes_well_under_a_second_or_two():
+    """512 x 512 working image, 64 x 64 latent mask: the regions are found on the latent grid."""
+    import time
+
+    from PIL import Image
+
+    from gooddrag.config import get_preset
+
+    mask = torch.zeros((1, 1, 64, 64))
+    mask[..., 10:30, 10:30] = 1
+    mask[..., 40:60, 40:60] = 1
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8))
+    started = time.perf_counter()
+    out, start = warp.image_warp_for_drag(image, torch.tensor([[150.0, 150.0], [400.0, 400.0]]),
+                                          torch.tensor([[160.0, 150.0], [400.0, 380.0]]), mask, (256, 256),
+                                          get_preset("gooddrag-plus"))
+    assert time.perf_counter() - started < 5.0
+    # each region moved by its own pair: the handles land on their targets (row, col supervision cells)
+    assert torch.allclose(start, torch.tensor([[75.0, 80.0], [190.0, 200.0]], dtype=torch.float64))
+    assert out.size == (512, 512)

@@ -517,7 +517,8 @@ def test_every_entry_point_picks_the_sdxl_preset_for_an_sdxl_model(tiny_sdxl_dir
         "inversion_strength", "drag_end_step", "track_per_step", "max_drag_per_track", "max_track_no_change",
         "drag_loss_threshold", "r1", "r2", "beta", "lam", "feature_block", "mutual_attention_start_layer",
         "track_at_timestep_start", "track_on_fresh_features", "mutual_attention_while_dragging",
-        "stop_distance", "latent_warp", "warp_fill", "subpixel_tracking")})
+        "stop_distance", "image_warp", "latent_warp", "warp_field", "image_warp_fill", "warp_fill",
+        "subpixel_tracking")})
     from gooddrag.options import config_from_args
 
     # before loading (edit, lora, bench run): read from the model's configs

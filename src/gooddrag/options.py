@@ -13,7 +13,7 @@ import argparse
 from .config import METHODS, PRESETS, DragConfig, get_preset
 from .errors import GoodDragError
 from .models import preset_for
-from .warp import FILLS, WARP_FIELDS
+from .warp import FILLS, IMAGE_FILLS, WARP_FIELDS
 
 def parse_bool(text: str) -> bool:
     """``true``/``false`` (also yes/no, on/off, 1/0) for the on/off settings."""
@@ -48,6 +48,17 @@ def parse_field(text: str) -> str:
 
 parse_field.__name__ = "field"
 parse_field.choices = WARP_FIELDS
+
+
+def parse_image_fill(text: str) -> str:
+    """One of :data:`gooddrag.warp.IMAGE_FILLS` (the web UI shows ``choices`` as a list)."""
+    if text not in IMAGE_FILLS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(IMAGE_FILLS)}, got {text!r}")
+    return text
+
+
+parse_image_fill.__name__ = "image fill"
+parse_image_fill.choices = IMAGE_FILLS
 
 # (flag, DragConfig field, type, one-line help). Defaults are the chosen
 # method's preset; --help prints both presets' values.
@@ -86,6 +97,8 @@ METHOD_SETTINGS = [
      "true/false: GoodDrag+ (ours): move the masked region of the latent along the drag before it"),
     ("--warp-field", "warp_field", parse_field,
      "affine or translations: each mask region's fitted map, or the pairs' displacements blended"),
+    ("--image-warp-fill", "image_warp_fill", parse_image_fill,
+     "behind or around: what the image warp uncovers gets (the image behind it, or pixels grown in)"),
     ("--warp-fill", "warp_fill", parse_fill, "keep, neighbours or noise: what the latent warp leaves behind gets"),
     ("--subpixel-tracking", "subpixel_tracking", parse_bool,
      "true/false: GoodDrag+ (ours): track the handles to a fraction of a cell"),

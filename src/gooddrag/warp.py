@@ -204,12 +204,14 @@ def region_maps(handle_points: torch.Tensor, target_points: torch.Tensor, labels
     return {k: pair_affine(handle_points[js], target_points[js]) for k, js in owners.items()}
 
 
-def affine_field(handle_points: torch.Tensor, target_points: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def affine_field(handle_points: torch.Tensor, target_points: torch.Tensor, mask: torch.Tensor,
+                 labels: torch.Tensor | None = None) -> torch.Tensor:
     """Backward displacement ``(h, w, 2)`` (row, col cells of ``mask``'s grid, (h, w) bool): every
     cell ``p`` of a region with pairs takes its content from ``T^-1(p)``, ``T`` the region's map
-    (:func:`region_maps`), i.e. ``field[p] = p - T^-1(p)`` as :func:`warp_latent` reads it; 0 elsewhere."""
+    (:func:`region_maps`), i.e. ``field[p] = p - T^-1(p)`` as :func:`warp_latent` reads it; 0 elsewhere.
+    labels: the regions (:func:`mask_regions`) when already known (e.g. found on a coarser grid)."""
     h, w = mask.shape
-    labels = mask_regions(mask)
+    labels = mask_regions(mask) if labels is None else labels
     rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
                                 indexing="ij")
     cells = torch.stack([rows, cols], dim=-1)  # (h, w, 2)
@@ -222,14 +224,22 @@ def affine_field(handle_points: torch.Tensor, target_points: torch.Tensor, mask:
     return field
 
 
-def warp_image(image: torch.Tensor, field: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+IMAGE_FILLS = ("behind", "around")
+"""What :func:`warp_image` gives a masked pixel whose source lies outside the mask (what the moved
+content uncovers): ``behind`` the image at that source anyway (the background behind the moved
+content, or another object that lies there), ``around`` pixels grown in from around the mask
+(:func:`fill_from_outside`)."""
+
+
+def warp_image(image: torch.Tensor, field: torch.Tensor, mask: torch.Tensor, fill: str = "behind") -> torch.Tensor:
     """Backward bilinear warp of an image's masked pixels: pixel ``p`` inside ``mask`` ((H, W) bool)
-    takes ``image`` at ``p - field[p]`` (row, col px, (H, W, 2)) when that source lies inside the
-    mask; a masked pixel whose source lies outside it is *vacated* (what the moved content uncovers,
-    whose source would be whatever lies behind it, another object perhaps) and is filled from the
-    pixels around the mask (:func:`fill_from_outside`); pixels outside the mask are kept. image:
+    takes ``image`` at ``p - field[p]`` (row, col px, (H, W, 2)), the border pixel beyond the image;
+    with ``fill="around"`` a masked pixel whose source lies outside the mask is filled from the pixels
+    around the mask instead (:data:`IMAGE_FILLS`); pixels outside the mask are kept. image:
     (1, 3, H, W) float. In pixel space, a sub-cell move or a turn is rendered exactly up to bilinear
     sampling (the latent warp can only move whole cells). torch's ``grid_sample`` samples."""
+    if fill not in IMAGE_FILLS:
+        raise ValueError(f"fill must be one of {', '.join(IMAGE_FILLS)}, got {fill!r}")
     _, _, H, W = image.shape
     rows, cols = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
                                 indexing="ij")
@@ -237,45 +247,58 @@ def warp_image(image: torch.Tensor, field: torch.Tensor, mask: torch.Tensor) -> 
     grid = torch.stack([2 * src_c / max(W - 1, 1) - 1, 2 * src_r / max(H - 1, 1) - 1], dim=-1)  # (H, W, 2) x, y
     sampled = torch.nn.functional.grid_sample(image, grid[None].to(image.dtype), mode="bilinear",
                                               padding_mode="border", align_corners=True)
+    out = torch.where(mask[None, None], sampled, image)
+    if fill == "behind":
+        return out
     r, c = src_r.round().long(), src_c.round().long()
     in_image = (r >= 0) & (r < H) & (c >= 0) & (c < W)
-    from_mask = in_image & mask[r.clamp(0, H - 1), c.clamp(0, W - 1)]
-    out = torch.where(mask[None, None], sampled, image)
-    vacated = mask & ~from_mask
+    vacated = mask & ~(in_image & mask[r.clamp(0, H - 1), c.clamp(0, W - 1)])
     if bool(vacated.any()):
-        out = torch.where(vacated[None, None], fill_from_outside(image, mask), out)
+        out = torch.where(vacated[None, None], fill_from_outside(image, mask, vacated), out)
     return out
 
 
-def fill_from_outside(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``image`` (1, 3, H, W) with every pixel of ``mask`` ((H, W) bool) filled by growing the pixels
+def fill_from_outside(image: torch.Tensor, mask: torch.Tensor, needed: torch.Tensor | None = None) -> torch.Tensor:
+    """``image`` (1, 3, H, W) with the pixels of ``mask`` ((H, W) bool) filled by growing the pixels
     around it inwards: each round, an unknown pixel next to known ones takes their mean (3x3), until
-    the mask is filled (at most H + W rounds). A smooth background comes back smooth; the denoiser
+    every pixel of ``needed`` ((H, W) bool, default the whole mask) is filled. Only the mask's
+    bounding box (1 px wider) is worked on. A smooth background comes back smooth; the denoiser
     redraws the rest. Written here because it is a few lines of convolution; OpenCV's inpainting
     would do better on photos but is not a dependency."""
-    known = (~mask).to(image.dtype)[None, None]  # (1, 1, H, W)
-    if not bool(known.any()):
+    needed = mask if needed is None else needed & mask
+    if not bool((~mask).any()) or not bool(needed.any()):
         return image
-    values = image * known
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    H, W = mask.shape
+    r0, r1 = max(int(rows.min()) - 1, 0), min(int(rows.max()) + 2, H)
+    c0, c1 = max(int(cols.min()) - 1, 0), min(int(cols.max()) + 2, W)
+    box = (..., slice(r0, r1), slice(c0, c1))
+    known = (~mask[box[1:]]).to(image.dtype)[None, None]  # (1, 1, h, w)
+    want = needed[box[1:]]
+    values = image[box] * known
     kernel = torch.ones((1, 1, 3, 3), dtype=image.dtype)
-    for _ in range(image.shape[-2] + image.shape[-1]):
-        if bool(known.all()):
+    c = values.shape[1]
+    for _ in range((r1 - r0) + (c1 - c0)):
+        if bool(known[0, 0][want].all()):
             break
         count = torch.nn.functional.conv2d(known, kernel, padding=1)
-        total = torch.nn.functional.conv2d(values.reshape(-1, 1, *values.shape[-2:]), kernel, padding=1)
+        total = torch.nn.functional.conv2d(values.reshape(c, 1, *values.shape[-2:]), kernel, padding=1)
         grow = (known == 0) & (count > 0)
         values = torch.where(grow, total.reshape(values.shape) / count.clamp_min(1), values)
         known = torch.where(grow, torch.ones_like(known), known)
-    return values
+    out = image.clone()
+    out[box] = torch.where(known > 0, values, image[box])
+    return out
 
 
-def field_for(kind: str, handle_points: torch.Tensor, target_points: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def field_for(kind: str, handle_points: torch.Tensor, target_points: torch.Tensor, mask: torch.Tensor,
+              labels: torch.Tensor | None = None) -> torch.Tensor:
     """The backward field of ``kind`` (:data:`WARP_FIELDS`) on ``mask``'s grid ((h, w) bool); points
-    (N, 2) row, col cells of that grid."""
+    (N, 2) row, col cells of that grid; labels: its regions, when known."""
     if kind not in WARP_FIELDS:
         raise ValueError(f"warp field must be one of {', '.join(WARP_FIELDS)}, got {kind!r}")
     if kind == "affine":
-        return affine_field(handle_points, target_points, mask)
+        return affine_field(handle_points, target_points, mask, labels)
     return drag_field(handle_points, target_points, tuple(mask.shape))
 
 
@@ -299,13 +322,17 @@ def image_warp_for_drag(working_image, handle_points_xy: torch.Tensor, target_po
     if bool((mask > 0.5).all()):
         logger.info("image_warp skipped: the mask covers the whole image (paint the region that may change)")
         return working_image, src * px_to_sup
+    cells = mask[0, 0].cpu() > 0.5  # (h, w) latent cells
     pixels = torch.nn.functional.interpolate(mask.float().cpu(), size=(H, W), mode="nearest")[0, 0] > 0.5
-    field = field_for(config.warp_field, src, dst, pixels)
+    # regions found on the latent grid and brought to pixels as the mask is (the same regions, and
+    # connected components cost one pass per cell of the longest path: cheap on 64x64, not on 512x512)
+    labels = torch.nn.functional.interpolate(mask_regions(cells)[None, None].float(), size=(H, W),
+                                             mode="nearest")[0, 0].long()
+    field = field_for(config.warp_field, src, dst, pixels, labels)
     image = torch.from_numpy(np.asarray(working_image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    warped = warp_image(image, field, pixels)
+    warped = warp_image(image, field, pixels, getattr(config, "image_warp_fill", "behind"))
     out = Image.fromarray((warped[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0).round().astype(np.uint8))
     if config.warp_field == "affine":
-        labels = mask_regions(pixels)
         maps = region_maps(src, dst, labels)
         moved = src.clone()
         for j, p in enumerate(src):
