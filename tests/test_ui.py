@@ -172,6 +172,12 @@ def test_gradio_client_api_end_to_end(served, tmp_path):
     with pytest.raises(Exception, match="is not an image this app reads"):
         client.predict(handle_file(tmp_path / "notes.txt"), None, points, api_name="/drag")
     assert record["model"]["model"] == "shapes-64" and "resolved" not in record["model"]  # the name, not a path
+    # a method name runs its preset that fits the model, never the 512 px SD preset on shapes-64
+    _, zip_path = client.predict(image=handle_file(tmp_path / "input.png"), mask=handle_file(tmp_path / "mask.png"),
+                                 points=points, preset="gooddrag-plus", settings=json.dumps(FAST), api_name="/drag")
+    folder = Path(zipfile.ZipFile(zip_path).namelist()[0]).parts[0]
+    record = json.loads((results / folder / "run.json").read_text())
+    assert record["inputs"]["preset"] == "shapes-gooddrag-plus" and record["config"]["resolution"] == 64
 
 
 def test_api_serves_models_by_name_and_echoes_no_server_file(served, tmp_path):
@@ -730,3 +736,44 @@ def test_browser_newcomer_session_messages_mask_and_layout(served, tmp_path):
         with Image.open(tmp_path / "edited.png") as got, Image.open(folder / "edited.png") as saved:
             assert got.size == (256, 256)  # the real size, not the page's enlargement
             np.testing.assert_array_equal(np.asarray(got), np.asarray(saved))
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
+def test_browser_method_list_runs_each_models_own_preset(served, tmp_path):
+    """Issue P2b: the method list offers methods, never raw preset names; with shapes-64 selected
+    each entry runs a shapes-64 preset (run.json); with another model the entries are that model's."""
+    from gooddrag import presets
+    from gooddrag.config import PRESETS
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, results = served
+    labels = [presets.METHOD_LABELS[m] for m in state.PAGE_METHODS]
+    with _chromium(sync_api) as browser:
+        page = browser.new_page(viewport={"width": 1500, "height": 2000})
+        page.goto(url)
+        page.locator("#examples button.thumbnail-item").first.click()
+        page.get_by_text("1 pair(s): 34,23>46,23").wait_for(timeout=30_000)
+        for label in labels:
+            page.locator("#preset input").click()
+            options = [o.inner_text().replace("✓", "").strip() for o in page.get_by_role("option").all()]
+            assert options == labels, options  # three methods, no preset names (✓ marks the chosen one)
+            page.get_by_role("option", name=label, exact=True).click()
+            page.wait_for_function("l => document.querySelector('#preset input').value === l", arg=label)
+            before = {p.parent.name for p in results.glob("*/run.json")}
+            page.locator("#run").click()
+            new = []
+            for _ in range(1200):  # the run's own folder, at most 120 s
+                new = [p for p in results.glob("*/run.json") if p.parent.name not in before]
+                if new:
+                    break
+                page.wait_for_timeout(100)
+            (new,) = new
+            page.get_by_text(f"result {new.parent.name}").wait_for(timeout=30_000)  # the page says it is done
+            preset = json.loads(new.read_text())["inputs"]["preset"]
+            assert presets.family_of_preset(preset) == "shapes" and presets.METHOD_LABELS[PRESETS[preset].method] == label
+        page.locator("#model input").click()
+        page.get_by_role("option", name="stable-diffusion-v1-5/stable-diffusion-v1-5").click()
+        page.wait_for_function("() => document.querySelector('#preset input').value === "
+                               f"{json.dumps(labels[-1])}")  # the method is kept
+        page.locator("#preset input").click()
+        assert [o.inner_text().replace("✓", "").strip() for o in page.get_by_role("option").all()] == labels

@@ -12,7 +12,7 @@ import argparse
 
 from .config import METHODS, PRESETS, DragConfig, get_preset
 from .errors import GoodDragError
-from .models import preset_for
+from . import presets
 from .warp import FILLS, IMAGE_FILLS, WARP_FIELDS
 
 def parse_bool(text: str) -> bool:
@@ -28,37 +28,22 @@ def parse_bool(text: str) -> bool:
 parse_bool.__name__ = "true/false"  # argparse names the type in its error message
 
 
-def parse_fill(text: str) -> str:
-    """One of :data:`gooddrag.warp.FILLS` (the web UI shows ``choices`` as a list)."""
-    if text not in FILLS:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(FILLS)}, got {text!r}")
-    return text
+def choice_parser(choices: tuple[str, ...], name: str):
+    """An argparse type that takes one of ``choices`` (the web UI shows ``.choices`` as a list)."""
+
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    parse.__name__ = name  # argparse names the type in its error message
+    parse.choices = choices
+    return parse
 
 
-parse_fill.__name__ = "fill"
-parse_fill.choices = FILLS
-
-
-def parse_field(text: str) -> str:
-    """One of :data:`gooddrag.warp.WARP_FIELDS` (the web UI shows ``choices`` as a list)."""
-    if text not in WARP_FIELDS:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(WARP_FIELDS)}, got {text!r}")
-    return text
-
-
-parse_field.__name__ = "field"
-parse_field.choices = WARP_FIELDS
-
-
-def parse_image_fill(text: str) -> str:
-    """One of :data:`gooddrag.warp.IMAGE_FILLS` (the web UI shows ``choices`` as a list)."""
-    if text not in IMAGE_FILLS:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(IMAGE_FILLS)}, got {text!r}")
-    return text
-
-
-parse_image_fill.__name__ = "image fill"
-parse_image_fill.choices = IMAGE_FILLS
+parse_fill = choice_parser(FILLS, "fill")  # gooddrag.warp.FILLS
+parse_field = choice_parser(WARP_FIELDS, "field")  # gooddrag.warp.WARP_FIELDS
+parse_image_fill = choice_parser(IMAGE_FILLS, "image fill")  # gooddrag.warp.IMAGE_FILLS
 
 # (flag, DragConfig field, type, one-line help). Defaults are the chosen
 # method's preset; --help prints both presets' values.
@@ -165,19 +150,18 @@ def default_preset(args) -> str:
     names) say SDXL, else the method's. Read from the model, never from its name; when the
     model cannot be read here, the method's preset (loading then says what is wrong)."""
     model, method = getattr(args, "model", None), args.method or "gooddrag"
-    name = preset_for(model, method)
-    if name != method or not model:
+    name = presets.for_model(method, model)
+    if presets.family_of_preset(name) != "sd" or not model:
         return name
     from .backbone import detect_backbone
     from .loading import classify_source
     from .models import resolve
-    from .sdxl import preset_name
 
     try:
         kind = detect_backbone(classify_source(resolve(model)), getattr(args, "model_config", None))
     except (GoodDragError, OSError, ValueError):
         return name
-    return preset_name(kind, method)
+    return presets.for_model(method, model, kind)
 
 
 def config_from_args(args) -> DragConfig:
@@ -195,12 +179,11 @@ def config_for_pipeline(args, config: DragConfig, pipe) -> DragConfig:
     """After loading: without ``--preset``, an SDXL model gets its method's SDXL preset (its kind
     is read from the loaded model, never from its name), with the same command-line overrides."""
     from .backbone import SD
-    from .sdxl import preset_for_pipeline
 
     if args.preset or getattr(pipe, "kind", SD) == SD:
         return config
     overrides = {name: getattr(args, name) for _, name, _, _ in METHOD_SETTINGS if getattr(args, name) is not None}
-    return get_preset(preset_for_pipeline(pipe.sd, config.method), **overrides, seed=args.seed)
+    return get_preset(presets.for_model(config.method, None, pipe.kind), **overrides, seed=args.seed)
 
 
 def load_pipeline(args):

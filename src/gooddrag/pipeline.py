@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import backbone, geometry, lora, models, sdxl, warp
+from . import backbone, geometry, lora, models, presets, sdxl, warp
 from .attention import mutual_self_attention
 from .clock import PhaseClock
 from .config import PRESETS, DragConfig
@@ -251,9 +251,7 @@ class DragPipeline:
     def default_config(self, method: str = "gooddrag") -> DragConfig:
         """The ``method``'s preset that fits this model: ``shapes-<method>`` for the shipped
         shapes-64, ``<method>-sdxl`` for an SDXL model, else ``<method>``."""
-        if self.kind == backbone.SDXL:
-            return PRESETS[sdxl.preset_for_pipeline(self.sd, method)]
-        return PRESETS[models.preset_for(self.source.location if self.source else None, method)]
+        return PRESETS[presets.for_model(method, self.source.location if self.source else None, self.kind)]
 
     # ------------------------------------------------------------------ sizes
     @property

@@ -296,13 +296,12 @@ class Engine:
     def _fit_preset(pipe, preset, config, settings):
         """An SDXL model run with a plain SD preset gets its method's SDXL preset (same page
         settings): the SD layer choices do not fit SDXL's UNet. Other presets stay as chosen."""
+        from .. import presets
         from ..backbone import SDXL
-        from ..config import METHODS
-        from ..sdxl import preset_for_pipeline
 
-        if getattr(pipe, "kind", None) != SDXL or preset not in METHODS:
+        if getattr(pipe, "kind", None) != SDXL or presets.family_of_preset(preset) != "sd":
             return preset, config
-        preset = preset_for_pipeline(pipe.sd, config.method)
+        preset = presets.for_model(config.method, None, SDXL)
         logger.info("SDXL model: running preset %s", preset)
         return preset, make_config(preset, settings)
 

@@ -21,7 +21,8 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from ..config import PRESETS
+from .. import presets
+from ..config import METHODS, PRESETS
 from ..errors import GoodDragError
 from ..models import size_warning
 from ..options import METHOD_SETTINGS
@@ -40,6 +41,7 @@ from .state import (
     mask_from_layers,
     parse_settings,
     points_from_text,
+    method_choices,
     preset_for_model,
     undo_point,
 )
@@ -254,7 +256,7 @@ class Handlers:
         (replacing what it said about the old one)."""
         misfit = self.misfit(model, image)
         text = f"Model {model}." + (f" Warning: {misfit}." if misfit else "")
-        return gr.update(value=preset_for_model(model, preset)), status_html(text)
+        return gr.update(choices=method_choices(model), value=preset_for_model(model, preset)), status_html(text)
 
     def on_upload_click(self):
         """The upload button was pressed: what the status said about an earlier file goes (an upload
@@ -326,8 +328,9 @@ class Handlers:
                  progress=gr.Progress()):
         """Drag edit. image: image file; mask: image file, white = may change (optional);
         points: "x,y>x,y; ..." handle>target pairs in image pixels; prompt: text; preset:
-        gooddrag, dragdiffusion, gooddrag-plus or their shapes- presets (default: the
-        model's); settings: JSON object of setting overrides, e.g. {"lora_steps": 20};
+        a method (gooddrag, gooddrag-plus, dragdiffusion: its preset that fits the model) or a
+        preset name (one made for another model runs as asked, with a warning in the server's
+        log; default: GoodDrag's that fits the model); settings: JSON object of setting overrides, e.g. {"lora_steps": 20};
         model: one of the names the server offers (default: the server's).
         Returns the edited image (input size) and the result folder as a zip. While the
         call waits its turn, its progress says its place in the queue."""
@@ -335,8 +338,14 @@ class Handlers:
             img, m, pts = self.api_inputs(image, mask, points)
             model = (model or "").strip() or self.default_model
             preset = (preset or "").strip() or default_preset(model)
+            if preset in METHODS:  # a method: the preset that fits the model
+                preset = preset_for_model(model, preset)
             if preset not in PRESETS:
-                raise GoodDragError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+                raise GoodDragError(f"unknown preset {preset!r}; choose a method ({', '.join(METHODS)}) "
+                                    f"or a preset ({', '.join(PRESETS)})")
+            misfit = presets.misfit(preset, presets.family_for(model))
+            if misfit:
+                logger.warning("API call runs %s", misfit)
             out = self.engine.edit(
                 img, pts, m, prompt=prompt or "", preset=preset, settings=parse_settings(settings), model=model,
                 source="api", on_wait=lambda ahead, eta: progress(0, desc=wait_text(ahead, eta)),

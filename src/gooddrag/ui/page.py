@@ -14,7 +14,6 @@ from typing import Any
 
 import gradio as gr
 
-from ..config import PRESETS
 from ..models import SHAPES_MODEL
 from ..outputs import GIF_MAX_SIDE
 from .engine import DEFAULT_RESULTS_DIR, Engine
@@ -28,7 +27,7 @@ from .state import (
     MASK_COLOR,
     MAX_PIXELS,
     MAX_UPLOAD_MB,
-    PRESET_LABELS,
+    method_choices,
     default_preset,
     describe_mask,
     describe_points,
@@ -175,9 +174,9 @@ def _settings_section(page, handlers: Handlers, default_model: str, start_preset
             if free:
                 gr.Markdown(ANY_MODEL_NOTE, elem_id="any-model-note")
             page.preset_box = gr.Dropdown(
-                choices=[(PRESET_LABELS.get(p, p), p) for p in PRESETS], value=start_preset,
-                label="Method / preset", info="GoodDrag (AIDD) or the DragDiffusion baseline; shapes-* "
-                "settings fit the 64x64 model", elem_id="preset",
+                choices=method_choices(default_model), value=start_preset, label="Method",
+                info="GoodDrag (AIDD), GoodDrag+ (ours) or the DragDiffusion baseline; each runs with the "
+                "settings made for the selected model", elem_id="preset",
             )
             page.prompt_box = gr.Textbox(label="Prompt", info="text for the model (empty by default)",
                                          elem_id="prompt")

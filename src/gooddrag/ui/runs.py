@@ -26,7 +26,7 @@ from .engine import EditOutput, Engine, RunCancelled
 from .handlers import message, session_of
 from .progress import status_html, wait_text
 from .shortfall import shortfall_limit_px, shortfall_message
-from .state import describe_mask, interleave_points, make_config, mask_from_editor, run_problem
+from .state import describe_mask, interleave_points, make_config, mask_from_editor, preset_words, run_problem
 from .views import display_scale, display_size, draw_overlay, image_to_display, to_display
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class PageRuns:
         thread.start()
         s = display_scale(image.width, image.height)
         off = gr.update(interactive=False)
-        yield (status_html(f"Starting. {describe_mask(mask)}", 0.0), to_display(image, s), gr.skip(), gr.skip(), off,
+        yield (status_html(f"Starting: {preset_words(preset)}. {describe_mask(mask)}", 0.0), to_display(image, s), gr.skip(), gr.skip(), off,
                off, gr.skip(), off, gr.update(interactive=True))
         try:
             yield from self._report(image, events, thread, show_final_points, clicked, mask)

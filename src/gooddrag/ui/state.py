@@ -28,14 +28,8 @@ IMAGE_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "BMP": "BMP", "GI
 """PIL format name -> how messages name it: the uploads accepted."""
 DISPLAY_SIDE = 512
 """Images with a shorter long side are shown enlarged by an integer factor up to this."""
-PRESET_LABELS = {
-    "gooddrag": "GoodDrag",
-    "dragdiffusion": "DragDiffusion",
-    "shapes-gooddrag": "GoodDrag, shapes-64 settings",
-    "shapes-dragdiffusion": "DragDiffusion, shapes-64 settings",
-    "gooddrag-plus": "GoodDrag+ (ours: image warp, sub-pixel tracking)",
-    "shapes-gooddrag-plus": "GoodDrag+, shapes-64 settings",
-}
+PAGE_METHODS = ("gooddrag", "gooddrag-plus", "dragdiffusion")
+"""The methods the page offers, in this order (each runs the preset that fits the model)."""
 MAIN_SETTINGS = ("lora_steps", "drag_end_step", "track_per_step", "max_drag_per_track", "lr", "lam")
 """Settings shown up front; the others of ``gooddrag edit`` are in the Advanced accordion."""
 MASK_COLOR = ("rgb(128, 128, 128)", 0.35)
@@ -289,16 +283,36 @@ def make_config(preset: str, settings: dict[str, Any] | None = None):
 
 
 def default_preset(model: str | None) -> str:
-    """The shapes preset for the shipped model, GoodDrag otherwise."""
-    return "shapes-gooddrag" if (model or "").strip() == SHAPES_MODEL else "gooddrag"
+    """GoodDrag's preset that fits ``model`` (the one resolver, :func:`gooddrag.presets.for_model`)."""
+    from .. import presets
+
+    return presets.for_model("gooddrag", (model or "").strip() or None)
 
 
 def preset_for_model(model: str | None, current: str | None) -> str:
-    """Keep the method, switch between the shapes-* and the Stable Diffusion presets."""
+    """Keep the method of ``current``, take its preset that fits ``model``."""
+    from .. import presets
     from ..config import PRESETS
 
     method = PRESETS[current].method if current in PRESETS else "gooddrag"
-    return f"shapes-{method}" if (model or "").strip() == SHAPES_MODEL else method
+    return presets.for_model(method, (model or "").strip() or None)
+
+
+def method_choices(model: str | None) -> list[tuple[str, str]]:
+    """The page's method list for ``model``: (label, preset) of each of PAGE_METHODS, the preset
+    the one that fits the model; labels name the method, never a preset."""
+    from .. import presets
+
+    return [(presets.METHOD_LABELS[m], presets.for_model(m, (model or "").strip() or None)) for m in PAGE_METHODS]
+
+
+def preset_words(preset: str) -> str:
+    """``"GoodDrag+ (ours: ...) with the shapes-64 settings (64 px)"`` for the status."""
+    from .. import presets
+    from ..config import PRESETS
+
+    return (f"{presets.METHOD_LABELS[PRESETS[preset].method]} with the "
+            f"{presets.FAMILY_LABELS[presets.family_of_preset(preset)]}")
 
 
 def interleave_points(handles: np.ndarray, targets: np.ndarray) -> list[list[float]]:
