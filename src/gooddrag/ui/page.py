@@ -186,7 +186,8 @@ def _settings_section(page, handlers: Handlers, default_model: str, start_preset
                 for name, typ, text, is_main in handlers.spec:
                     if is_main:
                         page.boxes[name] = _number(name, typ, handlers.preset_value(start_preset, name), text)
-            gr.Markdown("Each box starts at the selected preset's default; choosing a preset resets them.",
+            gr.Markdown("Each box starts at the selected method's default for this model; choosing a method "
+                        "resets them.",
                         elem_id="settings-note")
             with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
                 with gr.Row():
