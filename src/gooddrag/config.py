@@ -2,7 +2,7 @@
 
 Every default names its source. "official" means a value read in the GoodDrag authors' public
 implementation (ICLR 2025, arXiv 2404.07206) or, for the DragDiffusion
-baseline, DragDiffusion's (Shi et al., CVPR 2024); see docs/algorithm.md.
+baseline, DragDiffusion's (Shi et al., CVPR 2024); see docs/method.md ("Presets") for each default's source.
 
 Coordinate frames used by the spatial settings:
 - ``r1`` (motion patch radius), ``r2`` (tracking radius), ``beta`` (step length)
@@ -37,7 +37,7 @@ class DragConfig:
     resolution: int = 512
     """Working long side in image pixels (official: 512x512 inputs). Sides are rounded to what the UNet needs."""
 
-    # --- LoRA (docs/algorithm.md, "The shared frame" 1) ---------------------
+    # --- LoRA (docs/method.md, "Pipeline" 3) ----------------------------------
     lora_steps: int = 70
     """LoRA optimisation steps; 0 = no LoRA (official GoodDrag 70, DragDiffusion 80)."""
     lora_rank: int = 16
@@ -50,7 +50,7 @@ class DragConfig:
     lora_weight_decay: float = 1e-2
     """AdamW weight decay (official 1e-2)."""
 
-    # --- DDIM (docs/algorithm.md, "The shared frame" 2) ---------------------
+    # --- DDIM (docs/method.md, "Pipeline" 5) ----------------------------------
     num_inference_steps: int = 50
     """DDIM steps of the full schedule (official 50)."""
     inversion_strength: float = 0.75
@@ -58,7 +58,7 @@ class DragConfig:
     guidance_scale: float = 1.0
     """Classifier-free guidance; 1 = none (official 1)."""
 
-    # --- features (docs/algorithm.md, "The shared frame" 3) -----------------
+    # --- features (docs/method.md, "Motion supervision") ----------------------
     feature_block: int = 3
     """Index into [mid_block, up_blocks[0], up_blocks[1], ...] whose output is the drag feature (official 3)."""
     sup_res_scale: float = 0.5
@@ -103,7 +103,7 @@ class DragConfig:
     True: on the features of the latent after that step (the next forward pass), as DragDiffusion's
     code does every step. Ours, off in the ``gooddrag`` preset (docs/method.md, differences)."""
 
-    # --- denoising (docs/algorithm.md, "The shared frame" 8) ----------------
+    # --- denoising (docs/method.md, "AIDD loop") ------------------------------
     mutual_attention_start_layer: int = 10
     """Self-attention layers (counted down, mid, up) from this index on use mutual self-attention
     (official 10, i.e. layers 10..15 of SD1.5's 16)."""

@@ -21,7 +21,7 @@ SD15_SCHEDULER_CONFIG = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
     set_alpha_to_one=False, steps_offset=1,
 )
-"""Stable Diffusion 1.5's DDIM settings (docs/algorithm.md, "The shared frame" 2), for models we build."""
+"""Stable Diffusion 1.5's DDIM settings (docs/method.md, "Pipeline" 5), for models we build."""
 
 
 def ddim_step(

@@ -45,7 +45,7 @@ def scale_points(points_xy: torch.Tensor, from_size: tuple[int, int], to_size: t
 
 
 def image_to_grid(points_xy: torch.Tensor, image_size: tuple[int, int], grid_size: tuple[int, int]) -> torch.Tensor:
-    """(x, y) image pixels -> (row, col) grid cells, rounded (docs/algorithm.md, 3):
+    """(x, y) image pixels -> (row, col) grid cells, rounded (docs/method.md, "Pipeline" 1):
     ``(row, col) = (round(y * h / H), round(x * w / W))``. Returns float (N, 2)."""
     (H, W), (h, w) = image_size, grid_size
     rows = torch.round(points_xy[:, 1] * h / H)

@@ -20,7 +20,7 @@ from .errors import GoodDragError, ModelUnavailableError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-"""Maintained mirror of the removed ``runwayml/stable-diffusion-v1-5`` (docs/algorithm.md)."""
+"""Maintained mirror of the removed ``runwayml/stable-diffusion-v1-5`` (README, "Real use")."""
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -1,6 +1,6 @@
 """LoRA fine-tuning of the UNet on the single input image (peft through diffusers).
 
-docs/algorithm.md, "The shared frame" 1: rank 16 on the q, k, v and out
+docs/method.md, "Pipeline" 3: rank 16 on the q, k, v and out
 projections of every attention layer, AdamW (lr 5e-4, weight decay 1e-2,
 constant), eps-prediction MSE (velocity for v-prediction models) at uniformly
 random training timesteps. A LoRA is tied to one image, one base model and

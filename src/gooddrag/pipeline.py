@@ -190,7 +190,7 @@ class DragPipeline:
         self.text_encoder = sd_pipeline.text_encoder
         self.tokenizer = sd_pipeline.tokenizer
         # DDIM with the model's own betas and prediction type; clip_sample and
-        # set_alpha_to_one off as in the authors' scheduler (docs/algorithm.md, 2).
+        # set_alpha_to_one off as in the authors' scheduler (docs/method.md, "Pipeline" 5).
         self.scheduler = DDIMScheduler.from_config(
             sd_pipeline.scheduler.config, clip_sample=False, set_alpha_to_one=False
         )

@@ -105,7 +105,7 @@ def make_tiny_pipeline(seed: int = 0):
             pad_token_id=513,
         )
     )
-    # The SD1.5 scheduler settings (see docs/algorithm.md, "The shared frame").
+    # The SD1.5 scheduler settings (docs/method.md, "Pipeline" 5).
     scheduler = DDIMScheduler(**SD15_SCHEDULER_CONFIG)
     tokenizer = CLIPTokenizer(vocab=_tiny_vocab(), merges=[], model_max_length=77)
     pipe = StableDiffusionPipeline(
