@@ -51,7 +51,6 @@ from .tracking import track_points_subpixel
 
 logger = logging.getLogger(__name__)
 
-PHASES = ("lora", "inversion", "drag", "denoise", "decode")
 
 
 @dataclass
@@ -67,7 +66,6 @@ class StepEvent:
     total: int
     latents: torch.Tensor | None = None
     handle_points: np.ndarray | None = None
-    loss: float | None = None
     timestep: int | None = None
     """Drag and denoise events: 0-based index of the denoising timestep."""
     tracking: str | None = None
@@ -167,7 +165,7 @@ class PreparedInputs:
 
 
 class DragPipeline:
-    """Drag editing on a Stable Diffusion 1.x/2.x backbone.
+    """Drag editing on a Stable Diffusion 1.x/2.x or SDXL backbone (the kind read from the model's configs).
 
     Build with :meth:`from_pretrained`; call with an image, handle and target
     points (x, y image pixels), an optional mask (1 = may change) and a
