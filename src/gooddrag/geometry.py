@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import EMPTY_MASK, NO_MASK_WARNING, GoodDragError, InputsCannotWorkError  # noqa: F401
+from .errors import EMPTY_MASK, GoodDragError, InputsCannotWorkError
 
 logger = logging.getLogger(__name__)
 

@@ -30,12 +30,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import backbone, geometry, lora, models, presets, sdxl, warp
+from . import backbone, geometry, lora, presets, warp
 from .attention import mutual_self_attention
 from .clock import PhaseClock
 from .config import PRESETS, DragConfig
 from .ddim import DDIMSchedule, ddim_step, make_schedule
-from .errors import GoodDragError, InputsCannotWorkError
+from .errors import NO_MASK_WARNING, GoodDragError, InputsCannotWorkError
 from .features import FeatureHook
 from .loading import DEFAULT_MODEL, ModelSource, load_components, resolve_device, resolve_dtype
 from .motion import (
@@ -289,7 +289,7 @@ class DragPipeline:
             geometry.scale_points(torch.as_tensor(pts, dtype=torch.float64), (H, W), working), working, sup
         ).to(self.device)
         if mask is None:  # no mask: everything may change, as the authors' code has it
-            logger.warning(geometry.NO_MASK_WARNING)
+            logger.warning(NO_MASK_WARNING)
             mask_t = torch.ones(H, W)
         else:
             mask_arr = np.asarray(mask)

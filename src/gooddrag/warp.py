@@ -136,7 +136,7 @@ def warp_for_drag(latents: torch.Tensor, handle_points: torch.Tensor, target_poi
         logger.info("latent_warp skipped: the mask covers the whole image (paint the region that may change)")
         return latents, handle_points
     scale = torch.tensor([sup_size[0] / h, sup_size[1] / w], dtype=torch.float64)
-    field = field_for(getattr(config, "warp_field", "translations"), handle_points.detach().cpu().double() / scale,
+    field = field_for(config.warp_field, handle_points.detach().cpu().double() / scale,
                       target_points.detach().cpu().double() / scale, mask[0, 0].cpu() > 0.5)
     generator = torch.Generator().manual_seed(config.seed)
     warped, _ = warp_latent(latents, field, mask, fill=config.warp_fill, generator=generator)
@@ -330,7 +330,7 @@ def image_warp_for_drag(working_image, handle_points_xy: torch.Tensor, target_po
                                              mode="nearest")[0, 0].long()
     field = field_for(config.warp_field, src, dst, pixels, labels)
     image = torch.from_numpy(np.asarray(working_image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    warped = warp_image(image, field, pixels, getattr(config, "image_warp_fill", "behind"))
+    warped = warp_image(image, field, pixels, config.image_warp_fill)
     out = Image.fromarray((warped[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0).round().astype(np.uint8))
     if config.warp_field == "affine":
         maps = region_maps(src, dst, labels)
