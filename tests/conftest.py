@@ -16,7 +16,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from gooddrag import DragPipeline  # noqa: E402
-from gooddrag.testing import save_tiny_pipeline  # noqa: E402
+from gooddrag.models.tiny import save_tiny_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,7 +1,7 @@
 """Test fixture: write a diffusers SDXL folder as an original (SGM) single-file checkpoint.
 
 The SDXL counterpart of tests/single_file_checkpoint.py: it turns the tiny
-pipeline of :mod:`gooddrag.testing_sdxl` into a file laid out like
+pipeline of :mod:`gooddrag.models.tiny_sdxl` into a file laid out like
 ``sd_xl_base_1.0.safetensors``, a flat state dict with
 
 * ``model.diffusion_model.*``                          - the UNet (LDM names as for SD 1.x, plus
@@ -20,7 +20,7 @@ bit, so a round trip reproduces the weights exactly.
 
 Usage::
 
-    python -m gooddrag.testing_sdxl /tmp/tiny-sdxl
+    python -m gooddrag.models.tiny_sdxl /tmp/tiny-sdxl
     python -m tests.sdxl_single_file_checkpoint /tmp/tiny-sdxl /tmp/tiny-sdxl.safetensors
 """
 
@@ -31,7 +31,13 @@ from pathlib import Path
 
 import torch
 
-from .single_file_checkpoint import VAE_PREFIX, _unet_to_ldm, _vae_to_ldm, flatten, write_checkpoint
+from .single_file_checkpoint import (
+    VAE_PREFIX,
+    _unet_to_ldm,
+    _vae_to_ldm,
+    flatten,
+    write_checkpoint,
+)
 
 __all__ = ["sdxl_to_sgm_state_dict", "save_sdxl_single_file_checkpoint"]
 

@@ -4,7 +4,7 @@ Used only by the tests (tests/test_loading.py); it lived in the package as
 ``gooddrag.testing_single_file`` until it was folded into the test fixtures.
 It exists so tests can exercise the *real* single-file loading path
 (``StableDiffusionPipeline.from_single_file`` / ``AutoencoderKL.from_single_file``)
-offline: it turns the tiny pipeline of :mod:`gooddrag.testing` into a file laid
+offline: it turns the tiny pipeline of :mod:`gooddrag.models.tiny` into a file laid
 out like the ones users download (``v1-5-pruned-emaonly.safetensors`` and
 friends), i.e. a flat state dict with
 
@@ -23,7 +23,7 @@ reproduces the original weights exactly.
 
 Usage::
 
-    python -m gooddrag.testing /tmp/tiny-sd
+    python -m gooddrag.models.tiny /tmp/tiny-sd
     python -m tests.single_file_checkpoint /tmp/tiny-sd /tmp/tiny-sd.safetensors
 """
 

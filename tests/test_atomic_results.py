@@ -1,6 +1,6 @@
 """A result folder is finished only once ``run.json`` is in it, and it appears all at once.
 
-The writer (gooddrag.outputs.write_result_folder) is interrupted after ``edited.png`` and before
+The writer (gooddrag.io.outputs.write_result_folder) is interrupted after ``edited.png`` and before
 ``run.json``, once as an exception (its cleanup runs) and once as a hard kill (its cleanup never
 runs, so a temporary folder is left behind). Then: the sample is not taken as done, a second
 ``bench run`` redoes it and only it, and ``bench eval`` scores the finished samples only.
@@ -13,10 +13,10 @@ import pathlib
 
 import pytest
 
-from gooddrag import outputs
 from gooddrag.benchmark import evaluate as E
 from gooddrag.benchmark import runner as R
 from gooddrag.cli import main
+from gooddrag.io import outputs
 
 from .helpers import write_drag100_sample
 

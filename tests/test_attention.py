@@ -4,7 +4,11 @@ edited branch reads the source branch's keys and values otherwise."""
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from gooddrag.attention import MutualSelfAttentionProcessor, mutual_self_attention, self_attention_layer_names
+from gooddrag.models.attention import (
+    MutualSelfAttentionProcessor,
+    mutual_self_attention,
+    self_attention_layer_names,
+)
 
 
 def make_attention():
@@ -66,7 +70,7 @@ def test_unet_with_mutual_layers_equals_plain_when_branches_equal(tiny_pipe):
     unet = tiny_pipe.unet
     before = {k: type(v) for k, v in unet.attn_processors.items()}
     z = torch.randn(1, 4, 16, 16).repeat(2, 1, 1, 1)
-    text = tiny_pipe.encode_prompt("").repeat(2, 1, 1)
+    text = tiny_pipe.encode_prompt("").encoder_hidden_states.repeat(2, 1, 1)
     plain = unet(z, 500, encoder_hidden_states=text).sample
     with mutual_self_attention(unet, 4) as chosen:
         assert len(chosen) == 6

@@ -22,8 +22,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from gooddrag import lora
-from gooddrag.shapes.bench import load_shapes_pipeline
+from gooddrag.models import lora
+from gooddrag.shapes.benchmark import load_shapes_pipeline
 from tests.golden import cases
 from tests.helpers import POINTS, make_image, make_mask, tiny_config
 from tests.test_golden import assert_matches_golden, load_golden
@@ -223,7 +223,7 @@ def test_lora_cache_key_changes_with_the_working_size(tiny_pipe, tmp_path):
         cfg = tiny_config("gooddrag", lora_steps=1, lora_batch_size=1, resolution=resolution)
         inputs = tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], None, cfg)
         try:
-            keys.append(tiny_pipe.prepare_lora(inputs, "", cfg, cache_dir=tmp_path, progress=False)["key"])
+            keys.append(tiny_pipe.prepare_lora(inputs.image, "", cfg, cache_dir=tmp_path, progress=False)["key"])
         finally:
             lora.remove_lora(tiny_pipe.unet)
     assert keys[0] != keys[1]

@@ -29,11 +29,17 @@ from gooddrag.benchmark import evaluate as E
 from gooddrag.benchmark import metrics as M
 from gooddrag.benchmark import register_commands, run_command
 from gooddrag.benchmark import runner as R
-from gooddrag.options import METHOD_SETTINGS
 from gooddrag.errors import GoodDragError
-from gooddrag.outputs import RESULT_FILES
+from gooddrag.io.options import METHOD_SETTINGS
+from gooddrag.io.outputs import RESULT_FILES
 
-from .helpers import POINTS, TINY, make_image, write_drag100_sample, write_dragbench_sample
+from .helpers import (
+    POINTS,
+    TINY,
+    make_image,
+    write_drag100_sample,
+    write_dragbench_sample,
+)
 
 FLAG_OF = {name: flag for flag, name, _, _ in METHOD_SETTINGS}
 TINY_FLAGS = [x for name, v in TINY.items() for x in (FLAG_OF[name], str(v))]
@@ -319,7 +325,7 @@ def dift(tiny_model_dir):
 
 
 def test_dift_features_are_the_up_block_output_averaged_over_the_ensemble(dift):
-    from gooddrag.features import FeatureHook
+    from gooddrag.models.features import FeatureHook
 
     image = make_image(64, 64)
     feats = dift(image, "a disc")

@@ -23,12 +23,20 @@ import torch
 from PIL import Image
 
 from gooddrag.cli import build_parser, main
-from gooddrag.options import METHOD_SETTINGS
-from gooddrag.config import DragConfig
-from gooddrag.outputs import RESULT_FILES
-from gooddrag.samples import load_sample
+from gooddrag.io.options import METHOD_SETTINGS
+from gooddrag.io.outputs import RESULT_FILES
+from gooddrag.io.samples import load_sample
+from gooddrag.methods.config import DragConfig
 
-from .helpers import POINTS, TINY, make_image, make_mask, tiny_config, write_drag100_sample, write_dragbench_sample
+from .helpers import (
+    POINTS,
+    TINY,
+    make_image,
+    make_mask,
+    tiny_config,
+    write_drag100_sample,
+    write_dragbench_sample,
+)
 
 FLAG_OF = {name: flag for flag, name, _, _ in METHOD_SETTINGS}
 ALL_RESULT_FILES = (*RESULT_FILES, "mask.png")
@@ -508,7 +516,7 @@ def test_overwrite_replaces_the_output_folder(capsys, tmp_path, tiny_model_dir):
 
 
 def test_error_out_of_gpu_memory_names_the_settings_that_lower_it(capsys, tmp_path, tiny_model_dir, monkeypatch):
-    from gooddrag.pipeline import DragPipeline
+    from gooddrag.methods.pipeline import DragPipeline
 
     def out_of_memory(self, *args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gooddrag.ddim import ddim_step, make_schedule
+from gooddrag.core.ddim import ddim_step, make_schedule
 from tests.helpers import make_image
 
 

@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from gooddrag import warp
+from gooddrag.core import warp
 from gooddrag.shapes.metrics import case_metrics, deformation_poses
 from gooddrag.shapes.pose import Pose, apply, estimate_pose, pose_map
-from gooddrag.shapes.scenes import DEFORMATION_KINDS, ShapeObject, deform, make_deformation_case
+from gooddrag.shapes.scenes import (
+    DEFORMATION_KINDS,
+    ShapeObject,
+    deform,
+    make_deformation_case,
+)
 
 
 def _pose_of(obj: ShapeObject, size: int = 64) -> Pose:
@@ -159,7 +164,7 @@ def test_the_image_warp_at_stable_diffusion_size_takes_well_under_a_second_or_tw
 
     from PIL import Image
 
-    from gooddrag.config import get_preset
+    from gooddrag.methods.config import get_preset
 
     mask = torch.zeros((1, 1, 64, 64))
     mask[..., 10:30, 10:30] = 1

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gooddrag.errors import GoodDragError, InputsCannotWorkError
-from gooddrag.geometry import (
+from gooddrag.core.geometry import (
     check_mask_covers_points,
     grid_to_image,
     image_to_grid,
@@ -15,6 +14,7 @@ from gooddrag.geometry import (
     unet_multiple,
     working_size,
 )
+from gooddrag.errors import GoodDragError, InputsCannotWorkError
 
 
 def test_working_size_keeps_aspect_and_rounds_to_multiples():

@@ -4,8 +4,17 @@ import pytest
 import torch
 
 from gooddrag import DragPipeline, GoodDragError
-from gooddrag.loading import classify_source, load_components, resolve_device, resolve_dtype
-from .single_file_checkpoint import diffusers_to_ldm_state_dict, save_single_file_checkpoint
+from gooddrag.models.loading import (
+    classify_source,
+    load_components,
+    resolve_device,
+    resolve_dtype,
+)
+
+from .single_file_checkpoint import (
+    diffusers_to_ldm_state_dict,
+    save_single_file_checkpoint,
+)
 
 
 def _same_weights(a, b):
@@ -19,7 +28,7 @@ def test_folder_loads_with_its_configs(tiny_model_dir, tiny_pipe):
     assert tiny_pipe.scheduler.config.steps_offset == 1
     assert not tiny_pipe.scheduler.config.set_alpha_to_one
     assert all(not p.requires_grad for p in tiny_pipe.unet.parameters())
-    assert tiny_pipe.encode_prompt("a cat").shape == (1, tiny_pipe.tokenizer.model_max_length, 32)
+    assert tiny_pipe.encode_prompt("a cat").encoder_hidden_states.shape == (1, tiny_pipe.tokenizer.model_max_length, 32)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
@@ -99,7 +108,7 @@ def test_an_uncached_hub_model_fails_at_once_when_the_hub_cannot_be_reached(monk
 
     from huggingface_hub import constants
 
-    from gooddrag.loading import availability, hub_reachable
+    from gooddrag.models.loading import availability, hub_reachable
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     with socket.socket() as s:  # a port nobody listens on: the connection is refused at once

@@ -4,7 +4,8 @@ a second edit of the same image reuses the cached LoRA."""
 import pytest
 import torch
 
-from gooddrag import GoodDragError, lora
+from gooddrag import GoodDragError
+from gooddrag.models import lora
 from tests.helpers import POINTS, make_image, tiny_config
 
 
@@ -20,7 +21,7 @@ def test_train_save_cache_and_reload(tiny_pipe, tmp_path):
     inputs = tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], None, cfg)
     base = _unet_out(tiny_pipe)
     try:
-        rec = tiny_pipe.prepare_lora(inputs, "", cfg, cache_dir=tmp_path, progress=False)
+        rec = tiny_pipe.prepare_lora(inputs.image, "", cfg, cache_dir=tmp_path, progress=False)
         assert rec["source"] == "trained"
         assert sorted(p.name for p in (tmp_path / rec["key"]).iterdir()) == ["lora.json", lora.LORA_FILE]
         trained = _unet_out(tiny_pipe)
@@ -30,7 +31,7 @@ def test_train_save_cache_and_reload(tiny_pipe, tmp_path):
     assert torch.equal(_unet_out(tiny_pipe), base)  # removed cleanly
 
     try:
-        rec2 = tiny_pipe.prepare_lora(inputs, "", cfg, cache_dir=tmp_path, progress=False)
+        rec2 = tiny_pipe.prepare_lora(inputs.image, "", cfg, cache_dir=tmp_path, progress=False)
         assert rec2 == {"source": "cache", "path": rec["path"], "key": rec["key"]}
         assert torch.allclose(_unet_out(tiny_pipe), trained, atol=1e-6)  # same weights back
     finally:
@@ -54,7 +55,7 @@ def test_same_seed_same_lora(tiny_pipe, tmp_path):
     outs = []
     for i in range(2):
         try:
-            tiny_pipe.prepare_lora(inputs, "", cfg, cache_dir=tmp_path / str(i), progress=False,
+            tiny_pipe.prepare_lora(inputs.image, "", cfg, cache_dir=tmp_path / str(i), progress=False,
                                    generator=torch.Generator().manual_seed(7))
             outs.append(_unet_out(tiny_pipe))
         finally:
@@ -66,18 +67,18 @@ def test_explicit_lora_file_is_used(tiny_pipe, tmp_path):
     cfg = tiny_config(lora_steps=2, lora_batch_size=1)
     inputs = tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], None, cfg)
     try:
-        rec = tiny_pipe.prepare_lora(inputs, "", cfg, cache_dir=tmp_path, progress=False)
+        rec = tiny_pipe.prepare_lora(inputs.image, "", cfg, cache_dir=tmp_path, progress=False)
         trained = _unet_out(tiny_pipe)
     finally:
         lora.remove_lora(tiny_pipe.unet)
     try:
-        rec2 = tiny_pipe.prepare_lora(inputs, "", cfg, lora_path=rec["path"], progress=False)
+        rec2 = tiny_pipe.prepare_lora(inputs.image, "", cfg, lora_path=rec["path"], progress=False)
         assert rec2["source"] == "file"
         assert torch.allclose(_unet_out(tiny_pipe), trained, atol=1e-6)
     finally:
         lora.remove_lora(tiny_pipe.unet)
     with pytest.raises(GoodDragError, match="no such file"):
-        tiny_pipe.prepare_lora(inputs, "", cfg, lora_path=tmp_path / "missing.safetensors", progress=False)
+        tiny_pipe.prepare_lora(inputs.image, "", cfg, lora_path=tmp_path / "missing.safetensors", progress=False)
 
 
 def _state(unet):
@@ -94,7 +95,7 @@ def test_remove_lora_restores_the_unet_keys_included(tiny_pipe, tmp_path, fused)
     cfg = tiny_config(lora_steps=1, lora_batch_size=1)
     inputs = tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], None, cfg)
     try:
-        tiny_pipe.prepare_lora(inputs, "", cfg, cache_dir=tmp_path, progress=False)
+        tiny_pipe.prepare_lora(inputs.image, "", cfg, cache_dir=tmp_path, progress=False)
         assert tiny_pipe.unet.state_dict().keys() != before.keys()  # the adapter is there
         if fused:
             assert lora.fuse_lora(tiny_pipe.unet)

@@ -1,12 +1,13 @@
-"""Model names (gooddrag.models) and how the web UI's engine serves them: by name only."""
+"""Model names (gooddrag.models.names) and how the web UI's engine serves them: by name only."""
 
 from __future__ import annotations
 
 import pytest
 
-from gooddrag import models
 from gooddrag.errors import GoodDragError
-from gooddrag.loading import DEFAULT_MODEL
+from gooddrag.methods import presets
+from gooddrag.models import names as models
+from gooddrag.models.loading import DEFAULT_MODEL
 
 
 def test_builtin_names_resolve_and_pick_their_preset():
@@ -16,10 +17,10 @@ def test_builtin_names_resolve_and_pick_their_preset():
     assert shipped == str(models.shipped_model_dir())
     assert models.resolve(DEFAULT_MODEL) == DEFAULT_MODEL
     assert models.resolve("/some/folder") == "/some/folder"  # not a name: unchanged
-    assert models.preset_for("shapes-64", "dragdiffusion") == "shapes-dragdiffusion"
-    assert models.preset_for(DEFAULT_MODEL, "gooddrag") == "gooddrag"
-    assert models.preset_for("/x/y", "gooddrag") == "gooddrag"
-    assert models.preset_for(shipped, "gooddrag") == "shapes-gooddrag"  # a loaded pipeline's source.location
+    assert presets.for_model("dragdiffusion", "shapes-64") == "shapes-dragdiffusion"
+    assert presets.for_model("gooddrag", DEFAULT_MODEL) == "gooddrag"
+    assert presets.for_model("gooddrag", "/x/y") == "gooddrag"
+    assert presets.for_model("gooddrag", shipped) == "shapes-gooddrag"  # a loaded pipeline's source.location
 
 
 def test_size_warning_when_the_picture_does_not_fit_the_model():
@@ -76,7 +77,11 @@ def test_engine_allow_any_model_takes_paths_and_says_what_failed(tmp_path):
 def test_cli_library_and_bench_take_the_shipped_model_by_name():
     import argparse
 
-    from gooddrag.options import add_method_options, add_model_options, config_from_args
+    from gooddrag.io.options import (
+        add_method_options,
+        add_model_options,
+        config_from_args,
+    )
 
     p = argparse.ArgumentParser()
     add_model_options(p)
@@ -84,7 +89,7 @@ def test_cli_library_and_bench_take_the_shipped_model_by_name():
     assert config_from_args(p.parse_args(["--model", "shapes-64"])).r1 == 4  # shapes-gooddrag
     assert config_from_args(p.parse_args(["--model", "shapes-64", "--method", "dragdiffusion"])).method == \
         "dragdiffusion"
-    from gooddrag.config import PRESETS
+    from gooddrag.methods.config import PRESETS
 
     shapes = config_from_args(p.parse_args(["--model", "shapes-64"]))
     assert shapes.to_dict() == PRESETS["shapes-gooddrag"].to_dict() | {"seed": shapes.seed}
@@ -97,7 +102,7 @@ def test_library_loads_the_shipped_model_by_name():
 
     pipe = DragPipeline.from_pretrained("shapes-64", device="cpu")
     assert pipe.source.kind == "folder" and pipe.unet.config.sample_size == 16
-    assert models.preset_for(pipe.source.location) == "shapes-gooddrag"  # what the pipeline can default to
+    assert presets.for_model("gooddrag", pipe.source.location) == "shapes-gooddrag"  # what the pipeline can default to
 
 
 def test_redact_paths_keeps_names_and_points():

@@ -6,17 +6,16 @@ Frames: points are (row, col) supervision cells; feature maps (1, C, h, w).
 import pytest
 import torch
 
-from gooddrag.motion import (
+from gooddrag.core.motion import (
     active_pairs,
     background_loss,
     dragdiffusion_motion_loss,
-    features_at,
     gooddrag_motion_loss,
     patch_offsets,
     sample_patches,
     step_towards,
-    track_points,
 )
+from gooddrag.core.tracking import features_at, track_points
 
 
 def ramp(h=8, w=8, channels=1):

@@ -1,4 +1,4 @@
-"""benchmarks/paper_claims.py (issue P1a) end to end on 2 shapes cases with few steps: the files it
+"""research/paper_claims.py (issue P1a) end to end on 2 shapes cases with few steps: the files it
 writes, and that its table's figures are those of its own runs (claims.json)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "paper_claims.py"
+SCRIPT = ROOT / "research" / "paper_claims.py"
 
 
 def test_paper_claims_on_two_cases(tmp_path):

@@ -10,7 +10,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from gooddrag import PRESETS, GoodDragError, StepEvent
 from gooddrag.errors import NO_MASK_WARNING, InputsCannotWorkError
-from gooddrag.attention import MutualSelfAttentionProcessor
+from gooddrag.models.attention import MutualSelfAttentionProcessor
 from tests.helpers import POINTS, make_image, make_mask, tiny_config
 
 
@@ -191,14 +191,14 @@ def test_any_input_size_comes_back_at_that_size(tiny_pipe):
 
 def test_mask_of_another_size_is_resized_with_a_warning(tiny_pipe, caplog):
     small = make_mask(48, 40)
-    with caplog.at_level("WARNING", logger="gooddrag.pipeline"):
+    with caplog.at_level("WARNING", logger="gooddrag.methods.pipeline"):
         inputs = tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], small, tiny_config())
     assert "resized" in caplog.text
     assert inputs.mask.shape == (1, 1, 16, 16)
 
 
 def test_no_mask_means_everything_may_change_and_says_so(tiny_pipe, caplog):
-    with caplog.at_level("WARNING", logger="gooddrag.pipeline"):
+    with caplog.at_level("WARNING", logger="gooddrag.methods.pipeline"):
         inputs = tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], None, tiny_config())
     assert inputs.mask.min().item() == 1.0
     assert [r.getMessage() for r in caplog.records] == [NO_MASK_WARNING]

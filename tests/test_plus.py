@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from gooddrag import get_preset
-from gooddrag.config import PRESETS
-from gooddrag.warp import image_warp_for_drag, warp_for_drag
+from gooddrag.core.warp import image_warp_for_drag, warp_for_drag
+from gooddrag.methods.config import PRESETS
 from tests.helpers import POINTS, make_image, make_mask, tiny_config
 from tests.test_sdxl import tiny_sdxl_dir  # noqa: F401 - the tiny SDXL model fixture
 
@@ -64,13 +64,13 @@ def test_no_mask_no_warp(tiny_pipe, caplog):
     cfg = tiny_config("gooddrag-plus", **LATENT_WARP)
     inputs = tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], None, cfg)
     latents = torch.randn(1, 4, *inputs.latent_size)
-    with caplog.at_level(logging.INFO, logger="gooddrag.warp"):
+    with caplog.at_level(logging.INFO, logger="gooddrag.core.warp"):
         warped, start = warp_for_drag(latents, inputs.handle_points, inputs.target_points, inputs.mask,
                                       inputs.sup_size, cfg)
     assert warped is latents and torch.equal(start, inputs.handle_points)
     assert "latent_warp skipped" in caplog.text
     image = inputs.working_image
-    with caplog.at_level(logging.INFO, logger="gooddrag.warp"):
+    with caplog.at_level(logging.INFO, logger="gooddrag.core.warp"):
         same, _ = image_warp_for_drag(image, _working_px(inputs, inputs.handle_points_xy),
                                       _working_px(inputs, inputs.target_points_xy), inputs.mask, inputs.sup_size,
                                       tiny_config("gooddrag-plus"))
@@ -126,8 +126,8 @@ def test_gooddrag_plus_end_to_end_on_the_tiny_sdxl_model(tiny_sdxl_dir):
 
 
 def test_the_cli_and_the_ui_offer_the_plus_options():
-    from gooddrag.options import METHOD_SETTINGS, parse_fill
-    from gooddrag.warp import FILLS
+    from gooddrag.core.warp import FILLS
+    from gooddrag.io.options import METHOD_SETTINGS, parse_fill
 
     flags = {name: flag for flag, name, _, _ in METHOD_SETTINGS}
     assert {"image_warp", "latent_warp", "warp_field", "warp_fill", "subpixel_tracking", "stop_distance"} <= set(flags)

@@ -1,4 +1,4 @@
-"""Exact tests of gooddrag.samples: point parsing and checking, images, masks and
+"""Exact tests of gooddrag.io.samples: point parsing and checking, images, masks and
 the two benchmark sample layouts (Drag100, DragBench).
 
 Points are (x, y) pixels of the image they were given for. Every error is a
@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from gooddrag.errors import GoodDragError
-from gooddrag.samples import (
+from gooddrag.io.samples import (
     check_points,
     load_image,
     load_mask,
@@ -28,7 +28,15 @@ from gooddrag.samples import (
     split_point_list,
 )
 
-from .helpers import POINTS, make_image, make_mask, require, write_drag100_sample, write_dragbench_sample
+from .helpers import (
+    POINTS,
+    make_image,
+    make_mask,
+    require,
+    write_drag100_sample,
+    write_dragbench_sample,
+)
+
 
 def _find_real_samples() -> Path:
     """The real Drag100 samples: $GOODDRAG_DRAG100, else shared/data/drag100-format beside the

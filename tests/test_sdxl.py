@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from gooddrag import GoodDragError
-from gooddrag.backbone import (
+from gooddrag.methods import presets as preset_table
+from gooddrag.models.backbone import (
     SD,
     SDXL,
     Conditioning,
@@ -31,22 +32,19 @@ from gooddrag.backbone import (
     vae_needs_upcast,
     vae_precision,
 )
-from gooddrag.features import feature_blocks
-from gooddrag.loading import load_components
-from gooddrag.sdxl import (
+from gooddrag.models.features import feature_blocks
+from gooddrag.models.loading import load_components
+from gooddrag.models.sdxl import (
     SDXL_BASE_UNET_CONFIG,
     SDXL_FEATURE_BLOCK,
     SDXL_MUTUAL_ATTENTION_START_LAYER,
-    SDXL_PRESET_BASE,
-    SDXL_PRESET_OVERRIDES,
-    preset_for_pipeline,
-    preset_name,
-    register_sdxl_presets,
-    settings_for_unet,
 )
-from gooddrag.testing_sdxl import save_tiny_sdxl_pipeline
+from gooddrag.models.tiny_sdxl import save_tiny_sdxl_pipeline
 
-from .sdxl_single_file_checkpoint import save_sdxl_single_file_checkpoint, sdxl_to_sgm_state_dict
+from .sdxl_single_file_checkpoint import (
+    save_sdxl_single_file_checkpoint,
+    sdxl_to_sgm_state_dict,
+)
 from .single_file_checkpoint import save_single_file_checkpoint
 
 # The structural fields of stable-diffusion-v1-5's unet/config.json (the rest are diffusers' defaults).
@@ -248,7 +246,7 @@ def test_sdxl_conditioning_reaches_the_unet(tiny_sdxl):
 def test_sd_conditioning_is_encode_prompt(tiny_pipe):
     cond = encode_conditioning(tiny_pipe.sd, "a cat", (128, 128), "cpu")
     assert cond.added_cond_kwargs is None
-    assert torch.equal(cond.encoder_hidden_states, tiny_pipe.encode_prompt("a cat"))
+    assert torch.equal(cond.encoder_hidden_states, tiny_pipe.encode_prompt("a cat").encoder_hidden_states)
     kwargs = cond.unet_kwargs(batch=3, dtype=torch.bfloat16)
     assert kwargs["added_cond_kwargs"] is None
     assert kwargs["encoder_hidden_states"].shape[0] == 3 and kwargs["encoder_hidden_states"].dtype == torch.bfloat16
@@ -269,8 +267,8 @@ def test_conditioning_expand_and_to():
 def test_lora_training_passes_the_added_conditioning(tiny_sdxl):
     from diffusers import DDIMScheduler
 
-    from gooddrag import get_preset, lora
-
+    from gooddrag import get_preset
+    from gooddrag.models import lora
     unet = tiny_sdxl.unet
     cond = encode_conditioning(tiny_sdxl, "", (64, 64), "cpu")
     with torch.no_grad():
@@ -329,7 +327,7 @@ def test_feature_block_is_the_first_decoder_block_at_latent_resolution(which, ti
 
 
 def test_layer_rules_on_the_real_layouts(sd15_meta_unet, sdxl_meta_unet):
-    from gooddrag.attention import self_attention_layer_names
+    from gooddrag.models.attention import self_attention_layer_names
 
     # SD1.5: 16 self-attention layers (down 6, mid 1, up 9); the official values come back.
     assert len(self_attention_layer_names(sd15_meta_unet)) == 16
@@ -354,37 +352,33 @@ def test_layer_rules_on_the_tiny_models(tiny_pipe, tiny_sdxl):
 
 # ----------------------------------------------------------------------------- presets, VAE precision
 def test_sdxl_presets_are_the_sd_presets_translated(sdxl_meta_unet):
-    from gooddrag.config import PRESETS
+    from gooddrag.methods.config import PRESETS
 
-    presets = dict(PRESETS)
-    register_sdxl_presets(presets)
-    assert set(SDXL_PRESET_OVERRIDES) == set(SDXL_PRESET_BASE) == {
+    sdxl_names = {name: method for (method, family), name in preset_table.PRESET_NAMES.items()
+                  if family in ("sdxl", "sdxl-768")}
+    assert set(sdxl_names) == {
         "gooddrag-sdxl", "dragdiffusion-sdxl", "gooddrag-sdxl-768", "dragdiffusion-sdxl-768",
-        "gooddrag-plus-sdxl", "gooddrag-plus-sdxl-768"}
-    for name, base_name in SDXL_PRESET_BASE.items():
-        cfg, base = presets[name], presets[base_name]
-        assert cfg.method == base.method
+        "gooddrag-plus-sdxl", "gooddrag-plus-sdxl-768", "freedrag-sdxl", "freedrag-sdxl-768"}
+    for name, method in sdxl_names.items():
+        cfg, base = PRESETS[name], PRESETS[preset_table.preset_name(method, "sd")]
+        assert cfg.method == base.method == method
         assert cfg.resolution == (768 if name.endswith("-768") else 1024)
         assert {k: getattr(cfg, k) for k in ("feature_block", "mutual_attention_start_layer")} == \
             structural_settings(sdxl_meta_unet)
-        assert settings_for_unet(sdxl_meta_unet, cfg) == {}
         # Everything else, r1 / r2 / beta (supervision cells) included, is the SD preset's.
         changed = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)}
         assert changed <= {"resolution", "feature_block", "mutual_attention_start_layer"}
 
 
 def test_preset_picked_from_the_loaded_model(tiny_pipe, tiny_sdxl):
-    assert preset_for_pipeline(tiny_pipe.sd) == "gooddrag"
-    assert preset_for_pipeline(tiny_pipe.sd, "dragdiffusion") == "dragdiffusion"
-    assert preset_for_pipeline(tiny_sdxl) == "gooddrag-sdxl"
-    assert preset_for_pipeline(tiny_sdxl, "dragdiffusion", light=True) == "dragdiffusion-sdxl-768"
-    assert preset_name(SDXL, "gooddrag") == "gooddrag-sdxl"
-    # A UNet with another layout than SDXL base's (the tiny one) gets its own structural settings.
-    from gooddrag.config import PRESETS
-
-    presets = dict(PRESETS)
-    register_sdxl_presets(presets)
-    assert settings_for_unet(tiny_sdxl.unet, presets["gooddrag-sdxl"]) == {"mutual_attention_start_layer": 11}
+    kind = backbone_kind
+    assert preset_table.for_model("gooddrag", None, kind(tiny_pipe.sd)) == "gooddrag"
+    assert preset_table.for_model("dragdiffusion", None, kind(tiny_pipe.sd)) == "dragdiffusion"
+    assert preset_table.for_model("gooddrag", None, kind(tiny_sdxl)) == "gooddrag-sdxl"
+    assert preset_table.for_model("dragdiffusion", None, kind(tiny_sdxl), light=True) == "dragdiffusion-sdxl-768"
+    assert preset_table.preset_name("gooddrag", "sdxl") == "gooddrag-sdxl"
+    # A UNet with another layout than SDXL base's (the tiny one) has its own structural settings.
+    assert structural_settings(tiny_sdxl.unet)["mutual_attention_start_layer"] == 11
 
 
 def test_vae_upcast_only_where_fp16_overflows(tiny_sdxl_dir):
@@ -490,7 +484,7 @@ if __name__ == "__main__":  # pragma: no cover - writes the SD reference (see SD
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)  # as tests/conftest.py
     from gooddrag import DragPipeline
-    from gooddrag.testing import save_tiny_pipeline
+    from gooddrag.models.tiny import save_tiny_pipeline
 
     folder = save_tiny_pipeline(os.path.join(tempfile.mkdtemp(), "tiny-sd"))
     os.environ["GOODDRAG_CACHE"] = tempfile.mkdtemp()
@@ -505,7 +499,7 @@ def test_every_entry_point_picks_the_sdxl_preset_for_an_sdxl_model(tiny_sdxl_dir
     import argparse
 
     from gooddrag import DragPipeline, get_preset
-    from gooddrag.options import config_for_pipeline
+    from gooddrag.io.options import config_for_pipeline
     from gooddrag.ui.engine import Engine
 
     pipe = DragPipeline.from_pretrained(str(tiny_sdxl_dir), device="cpu")
@@ -519,7 +513,7 @@ def test_every_entry_point_picks_the_sdxl_preset_for_an_sdxl_model(tiny_sdxl_dir
         "track_at_timestep_start", "track_on_fresh_features", "mutual_attention_while_dragging",
         "stop_distance", "image_warp", "latent_warp", "warp_field", "image_warp_fill", "warp_fill",
         "subpixel_tracking")})
-    from gooddrag.options import config_from_args
+    from gooddrag.io.options import config_from_args
 
     # before loading (edit, lora, bench run): read from the model's configs
     picked = config_from_args(argparse.Namespace(**(vars(args) | {"model": str(tiny_sdxl_dir), "method": None,

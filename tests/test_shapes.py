@@ -10,12 +10,28 @@ import numpy as np
 import pytest
 
 from gooddrag.shapes.metrics import (
-    COLOUR_THRESHOLD, case_metrics, find_object, l1, placed_oracle, position_error, psnr, relative_error, shape_psnr,
+    COLOUR_THRESHOLD,
+    case_metrics,
+    find_object,
+    l1,
+    placed_oracle,
+    position_error,
+    psnr,
+    relative_error,
+    shape_psnr,
     summarize,
 )
 from gooddrag.shapes.scenes import (
-    CASE_KINDS, MIN_COLOUR_DISTANCE, DragCase, ShapeObject, compose, dilate, make_case, make_cases,
-    mask_margin, random_scene,
+    CASE_KINDS,
+    MIN_COLOUR_DISTANCE,
+    DragCase,
+    ShapeObject,
+    compose,
+    dilate,
+    make_case,
+    make_cases,
+    mask_margin,
+    random_scene,
 )
 
 N_SEEDS = 40

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from gooddrag.cli import main
-from gooddrag.ddim import ddim_step, make_schedule
-from gooddrag.shapes.bench import load_shapes_pipeline, shipped_model_dir
+from gooddrag.core.ddim import ddim_step, make_schedule
+from gooddrag.shapes.benchmark import load_shapes_pipeline, shipped_model_dir
 from tests.helpers import in_ci
 
 

@@ -7,10 +7,9 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from gooddrag.ddim import SD15_SCHEDULER_CONFIG
-from gooddrag.pipeline import DragPipeline
+from gooddrag.core.ddim import SD15_SCHEDULER_CONFIG
+from gooddrag.methods.pipeline import DragPipeline
 from gooddrag.shapes.train import loss_weights, main, training_target
-
 
 SMALL = ["--scenes", "4", "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "2", "--unet-batch", "2",
          "--threads", "1"]
@@ -99,7 +98,7 @@ def test_latent_factor_2_trains_a_2x_autoencoder_and_a_32x32_unet(tmp_path):
 
 
 def test_vae_scale_factor_of_each_training_config():
-    from gooddrag.geometry import vae_scale_factor
+    from gooddrag.core.geometry import vae_scale_factor
     from gooddrag.shapes.train import CONFIGS
 
     assert {f: vae_scale_factor(vae) for f, (vae, _) in CONFIGS.items()} == {4: 4, 2: 2}

@@ -9,7 +9,6 @@ within the margins below. A change of the engine that moves them on purpose must
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 

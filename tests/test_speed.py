@@ -26,15 +26,16 @@ import numpy as np
 import pytest
 import torch
 
-from gooddrag import DragPipeline, lora
+from gooddrag import DragPipeline
+from gooddrag.models import lora
 from tests.helpers import POINTS, make_image, make_mask, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEED = ROOT / "benchmarks" / "speed.py"
+SPEED = ROOT / "research" / "speed.py"
 
 MAX_PIXEL_DIFF = 3  # of 255
 MEAN_PIXEL_DIFF = 0.25  # of 255
-SCRIPT_MEAN_PIXEL_DIFF = 1.5  # of 255: benchmarks/speed.py's paths, see its test (measured at most 0.60)
+SCRIPT_MEAN_PIXEL_DIFF = 1.5  # of 255: research/speed.py's paths, see its test (measured at most 0.60)
 HANDLE_ATOL = 1.5  # input pixels: one supervision cell of the 96x80 test image at 128 px working size
 
 # LoRA trained (and so fused) in the edits compared below; the full drag budget runs.
@@ -139,7 +140,7 @@ def test_fused_lora_gives_the_same_unet_output_and_the_base_comes_back_exactly(t
     inputs = tiny_pipe.check_inputs(make_image(), [POINTS[0]], [POINTS[1]], None, cfg)
     base = _unet_out(tiny_pipe)
     try:
-        tiny_pipe.prepare_lora(inputs, "", cfg, cache_dir=tmp_path, progress=False)
+        tiny_pipe.prepare_lora(inputs.image, "", cfg, cache_dir=tmp_path, progress=False)
         unfused = _unet_out(tiny_pipe)
         assert lora.fuse_lora(tiny_pipe.unet)
         assert not lora.fuse_lora(tiny_pipe.unet)  # already fused: nothing to do
@@ -197,7 +198,7 @@ def test_low_memory_mode_gives_the_same_edit(tiny_pipe, tiny_model_dir, tmp_path
 
 def test_loops_read_the_host_once_per_tracking(tiny_pipe, tmp_path, monkeypatch):
     """A CPU stand-in for "no host syncs in the loops": count the tensor methods that
-    read a value back to Python. On a GPU, ``benchmarks/speed.py --sync-debug`` counts
+    read a value back to Python. On a GPU, ``research/speed.py --sync-debug`` counts
     the synchronizing CUDA calls themselves."""
     counts = {"item": 0, "tolist": 0, "__bool__": 0, "__float__": 0, "__int__": 0}
     where = {"phase": None}

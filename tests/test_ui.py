@@ -24,9 +24,9 @@ import pytest
 from PIL import Image
 
 from gooddrag import ui
-from gooddrag.ui import engine, state
 from gooddrag.errors import GoodDragError
-from gooddrag.outputs import RESULT_FILES
+from gooddrag.io.outputs import RESULT_FILES
+from gooddrag.ui import engine, state
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -742,8 +742,8 @@ def test_browser_newcomer_session_messages_mask_and_layout(served, tmp_path):
 def test_browser_method_list_runs_each_models_own_preset(served, tmp_path):
     """Issue P2b: the method list offers methods, never raw preset names; with shapes-64 selected
     each entry runs a shapes-64 preset (run.json); with another model the entries are that model's."""
-    from gooddrag import presets
-    from gooddrag.config import PRESETS
+    from gooddrag.methods import presets
+    from gooddrag.methods.config import PRESETS
 
     sync_api = pytest.importorskip("playwright.sync_api")
     url, results = served

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gooddrag.config import get_preset
+from gooddrag.methods.config import get_preset
 from gooddrag.ui.progress import STAGES, RunProgress, status_html, wait_text
 from gooddrag.ui.waiting import RunQueue
 

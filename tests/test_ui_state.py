@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -232,7 +230,7 @@ def test_shortfall_message_names_each_handle_short_of_its_target():
     from PIL import Image
 
     from gooddrag import get_preset
-    from gooddrag.pipeline import DragResult, DragStats
+    from gooddrag.methods.pipeline import DragResult, DragStats
 
     def result(final, reason, method="shapes-gooddrag"):
         return DragResult(image=Image.new("RGB", (64, 64)), handle_points=np.asarray(final, float),
@@ -265,8 +263,8 @@ def test_the_ui_and_the_cli_build_the_same_settings_for_an_example():
     coming back as floats, true/false boxes as 1/0) and `gooddrag edit EXAMPLE --model shapes-64`
     with default flags: the same DragConfig, so the same run.json settings."""
     from gooddrag.cli import build_parser
-    from gooddrag.config import PRESETS
-    from gooddrag.options import config_from_args
+    from gooddrag.io.options import config_from_args
+    from gooddrag.methods.config import PRESETS
     from gooddrag.ui.examples import shipped_examples_dir
     from gooddrag.ui.handlers import settings_spec
 

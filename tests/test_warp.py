@@ -1,13 +1,12 @@
-"""GoodDrag+'s latent warp (gooddrag.warp) and sub-pixel tracking (gooddrag.tracking): hand-worked answers."""
+"""GoodDrag+'s latent warp (gooddrag.core.warp) and sub-pixel tracking (gooddrag.core.tracking): hand-worked answers."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from gooddrag.motion import track_points
-from gooddrag.tracking import parabola_offset, track_points_subpixel
-from gooddrag.warp import drag_field, warp_latent, warped_points
+from gooddrag.core.tracking import parabola_offset, track_points, track_points_subpixel
+from gooddrag.core.warp import drag_field, warp_latent, warped_points
 
 
 def row_latent(values):

@@ -3,20 +3,25 @@
 Every user error ends with one line on stderr and a non-zero exit (1 for a
 bad input or environment, 2 for bad usage or inputs that cannot work, such as
 a handle outside the mask, 130 when interrupted).
+
+torch, PIL and the modules that load models are imported inside the commands that use
+them (each marked ``# heavy``), so that ``gooddrag --help`` and the argument checks stay fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
-from .config import METHODS
-from .shapes.scenes import ALL_KINDS
+from .benchmark import register_commands, run_command
+from .methods.config import METHODS
+from .shapes.scenes import ALL_KINDS, make_benchmark_cases
 from .errors import GoodDragError
-from .models import size_warning
-from .options import (
+from .models.names import SHAPES_MODEL, size_warning
+from .io.options import (
     add_input_options,
     add_method_options,
     add_model_options,
@@ -24,15 +29,32 @@ from .options import (
     config_from_args,
     load_pipeline,
 )
+from .io.outputs import file_sha256, prepare_out_dir, run_record, write_result_folder
+from .ui import add_arguments as add_ui_arguments
+from .ui import run as run_ui
+
+NO_PROGRESS_HELP = "hide the progress bars (default: shown)"
+OVERWRITE_HELP = "replace an existing output folder (default: refuse)"
+DEVICE_HELP = "cpu, cuda, mps or auto (default: %(default)s)"
+
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gooddrag`` parser: ``edit``, ``lora``, ``demo``, ``bench`` and ``ui``, in this order."""
     parser = argparse.ArgumentParser(
         prog="gooddrag",
         description="Drag editing of images with diffusion models (GoodDrag, ICLR 2025; DragDiffusion baseline).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does (default: warnings only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_edit_parser(sub)
+    _add_lora_parser(sub)
+    _add_demo_parser(sub)
+    _add_bench_parser(sub)
+    _add_ui_parser(sub)
+    return parser
 
+
+def _add_edit_parser(sub: argparse._SubParsersAction) -> None:
     edit = sub.add_parser("edit", help="drag the content under handle points to target points",
                           description="Drag the content under each handle point to its target point.")
     add_input_options(edit)
@@ -40,17 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", default=None,
                      help="output folder (default: results/<sample or image name>-<method>)")
     out.add_argument("--trajectory", action="store_true", help="also write trajectory.gif, one frame per drag timestep (default: off)")
-    out.add_argument("--overwrite", action="store_true", help="replace an existing output folder (default: refuse)")
-    out.add_argument("--no-progress", action="store_true", help="hide the progress bars (default: shown)")
+    out.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    out.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     add_model_options(edit)
     add_method_options(edit)
 
+
+def _add_lora_parser(sub: argparse._SubParsersAction) -> None:
     lora_p = sub.add_parser("lora", help="train and cache the LoRA of an image ahead of an edit",
                             description="Train the per-image LoRA and store it in the cache that `gooddrag edit` reads.")
     add_input_options(lora_p, points=False)
-    lora_p.add_argument("--no-progress", action="store_true", help="hide the progress bars (default: shown)")
+    lora_p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     add_model_options(lora_p)
     add_method_options(lora_p)
+
+
+def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="offline demo on the shipped shapes-64 model, scored against the exact answer",
                           description="Make two synthetic scenes with a known answer (an object moved, an object "
                                       "turned), drag them with GoodDrag and GoodDrag+ on the shipped shapes-64 "
@@ -62,12 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--method", default=None, choices=list(METHODS),
                       help="run this method only (default: gooddrag and gooddrag-plus side by side)")
     demo.add_argument("--out", default="results/demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--overwrite", action="store_true", help="replace an existing output folder (default: refuse)")
-    demo.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
-    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars (default: shown)")
+    demo.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    demo.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    demo.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    """``gooddrag bench``: ``shapes`` here, ``run``, ``eval`` and ``compare`` from :mod:`gooddrag.benchmark`."""
     bench = sub.add_parser("bench", help="benchmarks", description="Benchmarks of drag methods.")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
+    _add_bench_shapes_parser(bench_sub)
+    register_commands(bench_sub)
+
+
+def _add_bench_shapes_parser(bench_sub: argparse._SubParsersAction) -> None:
     shapes = bench_sub.add_parser(
         "shapes", help="exact-ground-truth benchmark on synthetic scenes with the shipped shapes-64 model",
         description="Drag cases drawn by seed on synthetic scenes whose right answer is known exactly; "
@@ -87,24 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
                              "rows identity (the input) and autoencoder (the answer through the model's VAE) "
                              "(default: %(default)s)")
     shapes.add_argument("--out", default="results/bench-shapes", help="output folder (default: %(default)s)")
-    shapes.add_argument("--overwrite", action="store_true", help="replace an existing output folder (default: refuse)")
-    shapes.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
+    shapes.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    shapes.add_argument("--device", default="cpu", help=DEVICE_HELP)
     shapes.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
-    from .benchmark import register_commands
 
-    register_commands(bench_sub)
 
+def _add_ui_parser(sub: argparse._SubParsersAction) -> None:
     ui_p = sub.add_parser("ui", help="web UI: upload an image, paint a mask, click points, run (Gradio, offline)",
                           description="Start the gooddrag web app on http://127.0.0.1:7860 "
                                       "(shipped shapes-64 model by default).")
-    from .ui import add_arguments as add_ui_arguments
-
     add_ui_arguments(ui_p)
-    return parser
 
 
 def _load_inputs(args, need_points: bool = True):
-    from .samples import Sample, check_mask_covers_points, check_points, fit_mask, load_image, load_mask, load_sample, parse_points
+    from .io.samples import (  # heavy: torch (through core.geometry)
+        Sample, check_mask_covers_points, check_points, fit_mask, load_image, load_mask, load_sample, parse_points,
+    )
 
     if args.sample and args.image:
         raise GoodDragError("give either a sample folder or --image, not both")
@@ -137,9 +170,7 @@ def _load_inputs(args, need_points: bool = True):
 
 
 def cmd_edit(args) -> int:
-    import torch
-
-    from .outputs import file_sha256, prepare_out_dir, run_record, write_result_folder
+    import torch  # heavy: keeps gooddrag --help fast
 
     config = config_from_args(args)
     sample = _load_inputs(args)
@@ -184,8 +215,7 @@ def cmd_edit(args) -> int:
 
 
 def cmd_lora(args) -> int:
-    import numpy as np
-    import torch
+    import torch  # heavy: keeps gooddrag --help fast
 
     config = config_from_args(args)
     if config.lora_steps == 0:
@@ -193,15 +223,11 @@ def cmd_lora(args) -> int:
     sample = _load_inputs(args, need_points=False)
     pipe = load_pipeline(args)
     config = config_for_pipeline(args, config, pipe)
-    # Any valid pair works here: the LoRA depends on the image, the prompt and the settings only.
-    w, h = sample.image.size
-    everything = np.ones((h, w), dtype=bool)  # the LoRA does not read the mask: no "no mask" warning
-    inputs = pipe.check_inputs(sample.image, [[0, 0]], [[w - 1, h - 1]], everything, config)
-    from . import lora as lora_mod
+    from .models import lora as lora_mod  # heavy: peft; only after the argument checks
 
-    try:
+    try:  # the LoRA depends on the image, the prompt and the settings only
         record = pipe.prepare_lora(
-            inputs, sample.prompt, config, cache_dir=args.lora_cache_dir,
+            sample.image, sample.prompt, config, cache_dir=args.lora_cache_dir,
             generator=torch.Generator().manual_seed(args.seed), progress=not args.no_progress,
         )
     finally:
@@ -212,13 +238,11 @@ def cmd_lora(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import json
+    from PIL import Image  # heavy: keeps gooddrag --help fast
 
-    from PIL import Image
-
-    from .models import SHAPES_MODEL
-    from .outputs import prepare_out_dir, run_record, write_result_folder
-    from .shapes.bench import DEMO_METHODS, demo_cases, demo_line, demo_picture, load_shapes_pipeline, run_demo
+    from .shapes.benchmark import (  # heavy: torch
+        DEMO_METHODS, demo_cases, demo_line, demo_picture, load_shapes_pipeline, run_demo,
+    )
 
     out = prepare_out_dir(args.out, args.overwrite)
     methods = [args.method] if args.method else list(DEMO_METHODS)
@@ -249,14 +273,12 @@ def cmd_demo(args) -> int:
 
 def cmd_bench(args) -> int:
     if args.bench_command in ("run", "eval", "compare"):
-        from .benchmark import run_command
-
         return run_command(args, say=print)
     if args.bench_command != "shapes":
         raise GoodDragError("choose a benchmark: gooddrag bench shapes | run | eval | compare")
-    from .outputs import prepare_out_dir
-    from .shapes.bench import BENCH_METHODS, load_shapes_pipeline, run_benchmark, summarize_by_kind, write_report
-    from .shapes.scenes import make_benchmark_cases
+    from .shapes.benchmark import (  # heavy: torch
+        BENCH_METHODS, load_shapes_pipeline, run_benchmark, summarize_by_kind, write_report,
+    )
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     bad = [m for m in methods if m not in BENCH_METHODS]
@@ -284,9 +306,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from .ui import run
-
-    return run(args, say=lambda line: print(line, flush=True))
+    return run_ui(args, say=lambda line: print(line, flush=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("diffusers", "transformers", "huggingface_hub"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
-        try:
+        try:  # heavy: diffusers, transformers; --help exits before this
             import diffusers.utils.logging as dlog
             import transformers.utils.logging as tlog
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from gooddrag import get_preset
-from gooddrag.attention import self_attention_layer_names
+from gooddrag.models.attention import self_attention_layer_names
 
 GOLDEN_TOLERANCES = {
     # spread.json (4 kernel sets): largest difference between two of them; in brackets the largest
@@ -62,7 +62,7 @@ SHAPES_GOLDEN = ("single-0", "gooddrag")
 
 @dataclasses.dataclass
 class Run:
-    result: object  # gooddrag.pipeline.DragResult
+    result: object  # gooddrag.methods.pipeline.DragResult
     final_latent: torch.Tensor  # (1, c, h, w) predicted clean latent of the edit, last denoising step
 
     def golden(self) -> dict:

@@ -70,8 +70,8 @@ def main(argv=None) -> int:
         _write_spread()
     torch.set_num_threads(1)  # as tests/conftest.py does
     from gooddrag import DragPipeline
-    from gooddrag.shapes.bench import load_shapes_pipeline
-    from gooddrag.testing import save_tiny_pipeline
+    from gooddrag.models.tiny import save_tiny_pipeline
+    from gooddrag.shapes.benchmark import load_shapes_pipeline
     from tests.golden import cases
 
     with tempfile.TemporaryDirectory(prefix="gooddrag-golden-") as tmp:

@@ -3,7 +3,9 @@
 - :mod:`.runner`: edit every sample of a Drag100 / DragBench folder, resumable, shardable;
 - :mod:`.metrics`: DAI, MD's matching step, IF = 1 - LPIPS(alex) (pure functions);
 - :mod:`.dift`: DIFT features for MD (a Stable Diffusion UNet through a forward hook);
-- :mod:`.evaluate`: score results folders, write CSV / markdown / plots, compare two;
+- :mod:`.evaluate`: ``bench eval`` and ``bench compare``: the order of the work, arguments, what is printed;
+  :mod:`.scoring` (find and score the results, means), :mod:`.report` (CSV / JSON / markdown, the compare
+  table), :mod:`.plots` (matplotlib) and :mod:`.judging` (GScore's part of ``bench eval``) do the work;
 - :mod:`.gscore`: GScore, a vision-language judge on an OpenAI-compatible endpoint (cached, resumable).
 
 Importing this package, :mod:`.runner` or :mod:`.evaluate` loads no model

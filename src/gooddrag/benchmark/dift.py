@@ -13,7 +13,7 @@ seed). The block's output is taken with a forward hook, which also ends the
 UNet's forward pass there (the later blocks are not needed).
 
 The default model is SD 2.1 (``stabilityai/stable-diffusion-2-1``); any hub
-id, diffusers folder or single file that :mod:`gooddrag.loading` reads works.
+id, diffusers folder or single file that :mod:`gooddrag.models.loading` reads works.
 Image sides that are not multiples of the VAE's factor (8 for SD) are resized
 to the nearest multiple first; the features are then matched at the image's
 own size (:func:`gooddrag.benchmark.metrics.match_points`).
@@ -25,12 +25,13 @@ import logging
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler
 from PIL import Image
 
+from ..core.geometry import vae_scale_factor
 from ..errors import GoodDragError
-from ..features import feature_blocks
-from ..geometry import vae_scale_factor
-from ..loading import load_components, resolve_device, resolve_dtype
+from ..models.features import feature_blocks
+from ..models.loading import load_components, resolve_device, resolve_dtype
 from .metrics import DEFAULT_DIFT_MODEL, DIFT_ENSEMBLE, DIFT_T, DIFT_UP_FT_INDEX
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,6 @@ class DiftFeaturizer:
     def __init__(self, model: str = DEFAULT_DIFT_MODEL, *, model_config: str | None = None, device: str = "auto",
                  dtype: str = "fp32", t: int = DIFT_T, up_ft_index: int = DIFT_UP_FT_INDEX,
                  ensemble: int = DIFT_ENSEMBLE, seed: int = 0):
-        from diffusers import DDIMScheduler
-
         self.device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, self.device)
         self.sd, self.source = load_components(model, model_config=model_config, dtype=torch_dtype)

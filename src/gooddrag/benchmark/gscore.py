@@ -30,13 +30,15 @@ and keeps the free-text answers. Here:
   server has ever answered (nothing listens there; retried for at most
   :data:`REFUSED_WAIT` seconds in all, as a server that is starting refuses too).
 
-Importing this module is cheap (standard library only).
+Importing this module is cheap (the standard library, PIL and tqdm; httpx is
+imported when there is something to ask).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import logging
 import math
@@ -47,9 +49,15 @@ import re
 import string
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..core.atomic import write_json_atomic
 from ..errors import GoodDragError
 
 logger = logging.getLogger(__name__)
@@ -142,8 +150,6 @@ class JudgeSettings:
 
 def check_url(url: str) -> None:
     """A one-line error unless ``url`` is an http(s) URL with a host (and a valid port, if any)."""
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
@@ -193,10 +199,6 @@ def data_url(ref: ImageRef) -> str:
     """The file as a base64 data URL: PNG and JPEG as they are, anything else converted to PNG."""
     data = ref.path.read_bytes()
     if not data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
-        import io
-
-        from PIL import Image
-
         buf = io.BytesIO()
         with Image.open(ref.path) as im:
             im.convert("RGB").save(buf, format="PNG")
@@ -342,8 +344,6 @@ class Cache:
         return entry if entry.get("key") == key else None
 
     def put(self, key: str, entry: dict) -> None:
-        from .runner import write_json_atomic
-
         write_json_atomic(self.path(key), entry)
 
 
@@ -351,8 +351,6 @@ class Cache:
 def chat_url(url: str) -> str:
     """The chat completions URL of a base URL (``.../v1``): its path ending in ``/chat/completions``, query kept
     (e.g. an ``api-version``)."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     path = parts.path.rstrip("/")
     return urlunsplit(parts._replace(path=path if path.endswith("/chat/completions") else path + "/chat/completions"))
@@ -360,8 +358,6 @@ def chat_url(url: str) -> str:
 
 def public_url(url: str) -> str:
     """The URL as recorded in reports: without user:password@ and without a query string."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname
                        else parts.netloc, parts.path, "", ""))
@@ -551,99 +547,139 @@ def _record(job: Job, entry: dict | None, status: str, *, cached: bool, error: s
 
 def judge(items: list[JudgeItem], settings: JudgeSettings, template: str, cache_dir: str | Path,
           api_key: str | None = None, *, progress: bool = False, client: JudgeClient | None = None) -> JudgeOutcome:
-    """Judge every item ``settings.repeats`` times; cached requests are not asked again."""
-    from tqdm.auto import tqdm
+    """Judge every item ``settings.repeats`` times; cached requests are not asked again.
 
+    Up to ``settings.concurrency`` requests are in flight (:class:`_Asker`); after
+    ``settings.give_up_after`` requests in a row got no answer, the rest are not
+    sent (recorded unavailable, run again later). A fatal answer (401, 400, ...)
+    or Ctrl-C is raised here at once, without waiting for the requests in flight.
+    """
     cache = Cache(cache_dir)
     jobs = make_jobs(items, settings, template)
-    out = JudgeOutcome()
-    records: dict[int, dict] = {}
-    todo = []
-    for i, job in enumerate(jobs):
-        entry = cache.get(job.key)
-        if entry is None:
-            todo.append(i)
-        else:
-            records[i] = _record(job, entry, entry["status"], cached=True)
-            out.from_cache += 1
+    records = _cached_records(jobs, cache)  # job index -> record
+    todo = [i for i in range(len(jobs)) if i not in records]
+    out = JudgeOutcome(from_cache=len(records), asked=len(todo))
     if todo:
         client = client or JudgeClient(settings, api_key)
-    state = {"failed_in_a_row": 0, "gave_up": None}
-    lock = threading.Lock()
+    with tqdm(total=len(jobs), initial=out.from_cache, desc=f"gscore {settings.model}", unit="request",
+              disable=not progress, dynamic_ncols=True) as bar:
 
-    def work(i: int) -> dict:
-        job = jobs[i]
-        if state["gave_up"]:
-            return _record(job, None, "unavailable", cached=False, error=state["gave_up"])
+        def done(i: int, record: dict) -> None:
+            records[i] = record
+            bar.update(1)
+
+        if todo:
+            _Asker(jobs, client, cache, settings).run(todo, done)
+            out.http_requests = client.sent
+    out.records = [records[i] for i in range(len(jobs))]
+    out.malformed = sum(r["status"] == "malformed" for r in out.records)
+    out.unavailable = sum(r["status"] == "unavailable" for r in out.records)
+    return out
+
+
+def _cached_records(jobs: list[Job], cache: Cache) -> dict[int, dict]:
+    """{job index: record} of the jobs whose answer is in the cache."""
+    records = {}
+    for i, job in enumerate(jobs):
+        entry = cache.get(job.key)
+        if entry is not None:
+            records[i] = _record(job, entry, entry["status"], cached=True)
+    return records
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """A worker's report on one job: its record, or the error that ends the evaluation (a fatal answer)."""
+
+    index: int
+    record: dict | None = None
+    error: BaseException | None = None
+
+
+class _Asker:
+    """Asks the judge for jobs on daemon threads, and keeps the count of requests in a row without an answer.
+
+    Daemon threads, not a ``concurrent.futures.ThreadPoolExecutor``: the interpreter joins an executor's
+    threads at exit, even after ``shutdown(wait=False, cancel_futures=True)``, so Ctrl-C would wait for every
+    request in flight (up to --judge-timeout each). Here, after Ctrl-C or a fatal answer, no request is started
+    or retried, and the process does not wait for the ones in flight (what they answer is cached if it comes
+    before the process ends; nothing half-written: atomic files).
+    """
+
+    def __init__(self, jobs: list[Job], client: JudgeClient, cache: Cache, settings: JudgeSettings):
+        self.jobs, self.client, self.cache, self.settings = jobs, client, cache, settings
+        self.stopped = threading.Event()  # Ctrl-C or a fatal answer: no thread starts another request
+        self.gave_up: str | None = None  # why the requests not yet sent are not sent (their records' error)
+        self.failed_in_a_row = 0
+        self.lock = threading.Lock()
+
+    def run(self, todo: list[int], done: Callable[[int, dict], None]) -> None:
+        """Ask for ``jobs[i]``, i in ``todo``, on up to ``settings.concurrency`` threads; ``done(i, record)`` is
+        called in this thread as each ends. A worker's error (a fatal answer) is raised here."""
+        tasks: queue.SimpleQueue = queue.SimpleQueue()  # job indices not yet started
+        for i in todo:
+            tasks.put(i)
+        finished: queue.SimpleQueue = queue.SimpleQueue()  # _Finished, in the order they end
+        threads = [threading.Thread(target=self._worker, args=(tasks, finished), name=f"gscore-{k}", daemon=True)
+                   for k in range(min(self.settings.concurrency, len(todo)))]
         try:
-            entry = _ask(client, job, settings)
-        except JudgeUnavailable as err:
-            with lock:
-                state["failed_in_a_row"] += 1
-                if state["failed_in_a_row"] >= settings.give_up_after and not state["gave_up"]:
-                    state["gave_up"] = f"gave up after {settings.give_up_after} requests in a row got no answer: {err}"
-                    logger.warning("judge: %s", state["gave_up"])
-            return _record(job, None, "unavailable", cached=False, error=str(err))
-        with lock:
-            state["failed_in_a_row"] = 0
-        entry |= {"key": job.key, "sample": job.item.sample, "rep": job.rep, "order": job.order,
-                  "labels": job.labels, "model": settings.model, "sampling": settings.sampling(),
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        cache.put(job.key, entry)
-        return _record(job, entry, entry["status"], cached=False)
+            for t in threads:
+                t.start()
+            for _ in todo:
+                f = finished.get()
+                if f.error is not None:
+                    raise f.error
+                done(f.index, f.record)
+        except BaseException:  # interrupted or a fatal answer: requests not yet started are not sent
+            self.stop()
+            raise
+        finally:
+            if not self.stopped.is_set():  # else threads may still use it; the process is ending
+                self.client.close()
 
-    bar = tqdm(total=len(jobs), initial=out.from_cache, desc=f"gscore {settings.model}", unit="request",
-               disable=not progress, dynamic_ncols=True)
-    # Daemon threads, not a ThreadPoolExecutor (whose threads the interpreter waits for at exit): after Ctrl-C
-    # or a fatal answer no request is started or retried, and the process does not wait for the ones in flight
-    # (what they answer is cached if it comes before the process ends; nothing half-written: atomic files).
-    tasks: queue.SimpleQueue = queue.SimpleQueue()
-    for i in todo:
-        tasks.put(i)
-    done: queue.SimpleQueue = queue.SimpleQueue()
+    def stop(self) -> None:
+        """No request is started from now on, no retry is made and backoff waits end."""
+        self.stopped.set()
+        self.client.stop.set()
 
-    def worker() -> None:
-        while state["gave_up"] != "interrupted":
+    def _worker(self, tasks: queue.SimpleQueue, finished: queue.SimpleQueue) -> None:
+        while not self.stopped.is_set():
             try:
                 i = tasks.get_nowait()
             except queue.Empty:
                 return
             try:
-                done.put((i, work(i), None))
+                finished.put(_Finished(i, record=self.ask(self.jobs[i])))
             except BaseException as err:  # noqa: BLE001 - handed to the calling thread, which raises it
-                state["gave_up"] = "interrupted"  # before handing it over: no thread starts another request
-                if client is not None:
-                    client.stop.set()
-                done.put((i, None, err))
+                self.stop()  # before handing it over: no thread starts another request
+                finished.put(_Finished(i, error=err))
                 return
 
-    threads = [threading.Thread(target=worker, name=f"gscore-{k}", daemon=True)
-               for k in range(min(settings.concurrency, len(todo)))]
-    try:
-        for t in threads:
-            t.start()
-        for _ in todo:
-            i, record, err = done.get()
-            if err is not None:
-                raise err
-            records[i] = record
-            bar.update(1)
-    except BaseException:  # interrupted or a fatal answer: requests not yet started are not sent
-        state["gave_up"] = "interrupted"
-        if client is not None:
-            client.stop.set()
-        raise
-    finally:
-        bar.close()
-        if client is not None and todo:
-            out.http_requests = client.sent
-            if state["gave_up"] != "interrupted":  # else threads may still use it; the process is ending
-                client.close()
-    out.records = [records[i] for i in range(len(jobs))]
-    out.asked = len(todo)
-    out.malformed = sum(r["status"] == "malformed" for r in out.records)
-    out.unavailable = sum(r["status"] == "unavailable" for r in out.records)
-    return out
+    def ask(self, job: Job) -> dict:
+        """The job's record: asked (and cached when answered), or unavailable without asking once given up."""
+        if self.gave_up or self.stopped.is_set():
+            return _record(job, None, "unavailable", cached=False, error=self.gave_up or "interrupted")
+        try:
+            entry = _ask(self.client, job, self.settings)
+        except JudgeUnavailable as err:
+            self._unanswered(err)
+            return _record(job, None, "unavailable", cached=False, error=str(err))
+        with self.lock:
+            self.failed_in_a_row = 0
+        entry |= {"key": job.key, "sample": job.item.sample, "rep": job.rep, "order": job.order,
+                  "labels": job.labels, "model": self.settings.model, "sampling": self.settings.sampling(),
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self.cache.put(job.key, entry)
+        return _record(job, entry, entry["status"], cached=False)
+
+    def _unanswered(self, err: JudgeUnavailable) -> None:
+        """One more request in a row without an answer; at ``give_up_after`` the rest are not sent."""
+        with self.lock:
+            self.failed_in_a_row += 1
+            if (self.failed_in_a_row >= self.settings.give_up_after and self.gave_up is None
+                    and not self.stopped.is_set()):
+                self.gave_up = f"gave up after {self.settings.give_up_after} requests in a row got no answer: {err}"
+                logger.warning("judge: %s", self.gave_up)
 
 
 # ------------------------------------------------------------------ scores
@@ -740,7 +776,7 @@ def settings_from_args(args) -> JudgeSettings:
 
 def import_httpx():
     """The httpx module, or a one-line error naming the extra that installs it."""
-    try:
+    try:  # optional extra [judge]
         import httpx
     except ImportError:
         raise GoodDragError("GScore needs httpx: pip install 'gooddrag[judge]'") from None

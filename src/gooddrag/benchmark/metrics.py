@@ -133,6 +133,7 @@ def match_points(src_features, dst_features, handles, size: tuple[int, int] | No
     done ``chunk`` channels at a time, so a full-size map is never held.
     Returns an (N, 2) int64 numpy array of (x, y).
     """
+    # heavy: torch
     import torch
     import torch.nn.functional as F
 
@@ -199,6 +200,7 @@ def alexnet_weights_path(path: str | Path | None = None, *, download: bool = Tru
         if not Path(path).is_file():
             raise GoodDragError(f"AlexNet weights {str(path)!r}: no such file")
         return Path(path)
+    # heavy: torch
     import torch
 
     cached = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
@@ -228,6 +230,7 @@ def load_lpips_alex(alexnet_weights: str | Path | None = None, lpips_weights: st
     """LPIPS v0.1 (AlexNet, linear heads) as a torch module ``f(a, b) -> (B,)`` for
     images in [-1, 1] of shape (B, 3, H, W); identical to ``lpips.LPIPS(net='alex')``
     without needing torchvision."""
+    # heavy: torch
     import torch
     from torch import nn
 
@@ -283,6 +286,7 @@ def load_lpips_alex(alexnet_weights: str | Path | None = None, lpips_weights: st
 
 def image_fidelity(original, result, model, size: int = IF_SIZE) -> float:
     """IF = 1 - LPIPS(original, result) at ``size`` x ``size`` (bilinear resize of [-1, 1] tensors)."""
+    # heavy: torch
     import torch
     import torch.nn.functional as F
 

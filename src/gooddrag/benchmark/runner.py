@@ -8,7 +8,7 @@
   i/n`` keeps the samples whose index in the filtered list is ``i mod n``,
   and ``--limit N`` keeps the first N of those.
 - Each sample is written to ``RESULTS/<relative path>/`` by
-  :func:`gooddrag.outputs.write_result_folder` (atomic: a temporary folder
+  :func:`gooddrag.io.outputs.write_result_folder` (atomic: a temporary folder
   renamed at the end), with the same files and ``run.json`` as
   ``gooddrag edit``. A sample whose folder has ``run.json`` is done and is
   skipped by a later run, so an interrupted run is resumed by running the
@@ -26,24 +26,34 @@
   rules above hold unchanged, so a run on Ray and a plain run can resume each
   other.
 
-Importing this module is cheap (standard library only); the model is loaded
-when there is something to edit, and Ray only with ``--ray``.
+Importing this module loads no torch and no model (numpy, PIL and tqdm only);
+the model is loaded when there is something to edit, and Ray only with ``--ray``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from ..core.atomic import write_json_atomic
 from ..errors import GoodDragError, InputsCannotWorkError
+from ..io.outputs import (
+    file_sha256,
+    package_versions,
+    remove_stale_partials,
+    run_record,
+    write_result_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -144,14 +154,6 @@ def read_failures(results: str | Path) -> list[dict]:
     return [e for rel, e in sorted(latest.items()) if not (Path(results) / rel / "run.json").is_file()]
 
 
-def write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
 def check_manifest(results: Path, manifest: dict) -> None:
     """Write ``manifest.json``, or refuse when the one there was made with other settings."""
     path = results / MANIFEST
@@ -175,10 +177,10 @@ def _model_info(args) -> dict:
 
 def edit_sample(pipe, sample: SampleRef, out: Path, config, args, dataset: Path) -> dict:
     """Load one sample, edit it and write its result folder; returns a summary line's values."""
+    # heavy: torch, and io.samples imports it
     import torch
 
-    from ..outputs import file_sha256, run_record, write_result_folder
-    from ..samples import check_points, fit_mask, load_sample
+    from ..io.samples import check_points, fit_mask, load_sample
 
     s = load_sample(sample.path)
     size = (s.image.height, s.image.width)
@@ -228,8 +230,8 @@ def plan_run(args, rels: list[str] | None = None) -> RunPlan:
 
     rels: exactly these samples (a Ray task's) instead of --filter / --shard / --limit.
     """
-    from ..options import config_from_args
-    from ..outputs import package_versions
+    # heavy: imports torch
+    from ..io.options import config_from_args
 
     dataset, results = Path(args.dataset), Path(args.out)
     config = config_from_args(args)
@@ -263,15 +265,14 @@ def plan_run(args, rels: list[str] | None = None) -> RunPlan:
 def run_benchmark(args, rels: list[str] | None = None, pipe=None) -> dict:
     """The work of ``gooddrag bench run`` in this process; returns counts (selected, skipped, done, failed).
     ``pipe``: an already loaded pipeline (a Ray worker's), else it is loaded when there is work."""
-    from tqdm.auto import tqdm
-
     plan = plan_run(args, rels)
     config, results, todo = plan.config, plan.results, plan.todo
     counts = {"selected": len(plan.selected), "skipped": len(plan.selected) - len(todo), "done": 0, "failed": 0,
               "refused": 0}
     if todo:
         if pipe is None:
-            from ..options import load_pipeline
+            # heavy: imports torch
+            from ..io.options import load_pipeline
 
             pipe = load_pipeline(args)
         bar = tqdm(todo, desc=f"bench {config.method}", unit="sample", disable=args.no_progress,
@@ -314,13 +315,12 @@ def edit_on_ray(args, rel: str) -> dict:
 
     A sample that fails is recorded in failures.jsonl as in a plain run; only a
     dead worker makes the task itself fail (and Ray then retries it)."""
-    import copy
-
     args = copy.copy(args)
     args.ray, args.no_progress, args.shard, args.filter, args.limit = None, True, None, None, None
     key = json.dumps(_model_info(args), sort_keys=True, default=str)
     if key not in _WORKER_PIPELINE:
-        from ..options import load_pipeline
+        # heavy: imports torch
+        from ..io.options import load_pipeline
 
         _WORKER_PIPELINE.clear()
         _WORKER_PIPELINE[key] = load_pipeline(args)
@@ -339,21 +339,9 @@ def run_on_ray(args, ray=None, poll_s: float = 5.0) -> dict:
     gooddrag must be installed on every node. ``ray``: the module (tests pass a
     stand-in).
     """
-    from tqdm.auto import tqdm
-
-    if args.shard:
-        raise GoodDragError("--shard and --ray do not combine: Ray spreads the samples over its workers")
-    if args.ray_workers is not None and args.ray_workers < 1:
-        raise GoodDragError(f"--ray-workers must be at least 1, got {args.ray_workers}")
-    if args.ray_gpus is not None and args.ray_gpus < 0:
-        raise GoodDragError(f"--ray-gpus must be >= 0, got {args.ray_gpus}")
-    if args.ray_retries < 0:
-        raise GoodDragError(f"--ray-retries must be >= 0, got {args.ray_retries}")
+    _check_ray_arguments(args)
     if ray is None:
-        try:
-            import ray
-        except ImportError:
-            raise GoodDragError("--ray needs Ray on this machine and every node: pip install ray") from None
+        ray = _import_ray()
     plan = plan_run(args)
     counts = {"selected": len(plan.selected), "skipped": len(plan.selected) - len(plan.todo), "done": 0,
               "failed": 0, "refused": 0, "lost": 0}
@@ -367,42 +355,70 @@ def run_on_ray(args, ray=None, poll_s: float = 5.0) -> dict:
         gpus = args.ray_gpus if args.ray_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) >= 1
                                                                  else 0.0)
         task = ray.remote(edit_on_ray).options(num_gpus=gpus, num_cpus=1, max_retries=args.ray_retries)
-        waiting = list(plan.todo)
-        in_flight: dict = {}  # ObjectRef -> SampleRef
-        cap = args.ray_workers or len(waiting)
-        bar = tqdm(total=len(plan.todo), desc=f"bench {plan.config.method} on Ray", unit="sample",
-                   disable=args.no_progress, dynamic_ncols=True)
-        try:
-            while waiting or in_flight:
-                while waiting and len(in_flight) < cap:
-                    sample = waiting.pop(0)
-                    in_flight[task.remote(args, sample.rel)] = sample
-                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=poll_s)
-                for ref in ready:
-                    sample = in_flight.pop(ref)
-                    try:
-                        got = ray.get(ref)
-                        counts["done"] += got["done"]
-                        counts["failed"] += got["failed"]
-                        counts["refused"] += got.get("refused", 0)
-                    except Exception as err:  # noqa: BLE001 - retries used up: record it, keep the others
-                        counts["lost"] += 1
-                        record_failure(plan.results, sample, err)
-                        tqdm.write(f"lost on Ray after {args.ray_retries} retries: {sample.rel}: "
-                                   f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}",
-                                   file=sys.stderr)
-                    bar.update(1)
-        finally:
-            bar.close()
+        _run_ray_tasks(ray, task, args, plan, counts, poll_s)
     finally:
         ray.shutdown()
     return counts
 
 
+def _check_ray_arguments(args) -> None:
+    if args.shard:
+        raise GoodDragError("--shard and --ray do not combine: Ray spreads the samples over its workers")
+    if args.ray_workers is not None and args.ray_workers < 1:
+        raise GoodDragError(f"--ray-workers must be at least 1, got {args.ray_workers}")
+    if args.ray_gpus is not None and args.ray_gpus < 0:
+        raise GoodDragError(f"--ray-gpus must be >= 0, got {args.ray_gpus}")
+    if args.ray_retries < 0:
+        raise GoodDragError(f"--ray-retries must be >= 0, got {args.ray_retries}")
+
+
+def _import_ray():
+    """The ray module, or a one-line error saying how to install it."""
+    try:  # optional: ray, installed by hand on every node
+        import ray
+    except ImportError:
+        raise GoodDragError("--ray needs Ray on this machine and every node: pip install ray") from None
+    return ray
+
+
+def _run_ray_tasks(ray, task, args, plan: RunPlan, counts: dict, poll_s: float) -> None:
+    """Submit one task per sample of ``plan.todo`` (at most ``--ray-workers`` in flight) and add each finished
+    task's counts to ``counts`` until every one is back."""
+    waiting = list(plan.todo)
+    in_flight: dict = {}  # ObjectRef -> SampleRef
+    cap = args.ray_workers or len(waiting)
+    with tqdm(total=len(plan.todo), desc=f"bench {plan.config.method} on Ray", unit="sample",
+              disable=args.no_progress, dynamic_ncols=True) as bar:
+        while waiting or in_flight:
+            while waiting and len(in_flight) < cap:
+                sample = waiting.pop(0)
+                in_flight[task.remote(args, sample.rel)] = sample
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=poll_s)
+            for ref in ready:
+                _collect_ray_task(ray, ref, in_flight.pop(ref), plan.results, args.ray_retries, counts)
+                bar.update(1)
+
+
+def _collect_ray_task(ray, ref, sample: SampleRef, results: Path, retries: int, counts: dict) -> None:
+    """Add a finished task's counts; a task that failed after Ray's retries is recorded in failures.jsonl as lost."""
+    try:
+        got = ray.get(ref)
+        counts["done"] += got["done"]
+        counts["failed"] += got["failed"]
+        counts["refused"] += got.get("refused", 0)
+    except Exception as err:  # noqa: BLE001 - retries used up: record it, keep the others
+        counts["lost"] += 1
+        record_failure(results, sample, err)
+        tqdm.write(f"lost on Ray after {retries} retries: {sample.rel}: "
+                   f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}",
+                   file=sys.stderr)
+
+
 # --------------------------------------------------------------------- the CLI
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``gooddrag bench run``."""
-    from ..options import add_method_options, add_model_options
+    # heavy: imports torch
+    from ..io.options import add_method_options, add_model_options
 
     p.add_argument("dataset", help="dataset folder: Drag100 or DragBench sample folders, found recursively")
     p.add_argument("--out", required=True, help="results folder; RESULTS/<sample path>/ per sample (required)")
@@ -430,8 +446,6 @@ def cmd_run(args, say) -> int:
     """``gooddrag bench run``: exit 0 when every selected sample has a result or was refused (inputs
     that cannot work, recorded in failures.jsonl with ``"refused": true``), 1 when some failed.
     ``say`` receives the one-line report (the CLI passes ``print``)."""
-    from ..outputs import remove_stale_partials
-
     counts = run_on_ray(args) if getattr(args, "ray", None) else run_benchmark(args)
     out = Path(args.out)
     # A process killed mid-write (a Ray worker, an earlier run) leaves a half-written folder

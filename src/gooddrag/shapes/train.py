@@ -47,16 +47,21 @@ import json
 import logging
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.training_utils import EMAModel, compute_snr
 from PIL import Image, ImageDraw
 
-from ..ddim import SD15_SCHEDULER_CONFIG
-from ..geometry import vae_scale_factor
+from ..core.ddim import SD15_SCHEDULER_CONFIG
+from ..core.geometry import vae_scale_factor
+from ..models.tiny import make_tiny_pipeline
+from .scenes import random_scene
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +115,6 @@ CONFIGS = {4: (VAE_CONFIG, UNET_CONFIG), 2: (VAE_CONFIG_F2, UNET_CONFIG_F2)}
 
 def render_dataset(n: int, seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
     """(2n, 3, size, size) float32 in [-1, 1]: n random scenes and their mirror images."""
-    from .scenes import random_scene
-
     rng = np.random.default_rng(seed)
     images = np.stack([random_scene(rng, size=size).image for _ in range(n)])  # (n, H, W, 3) uint8
     images = np.concatenate([images, images[:, :, ::-1]])
@@ -126,8 +129,6 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
 
 def train_vae(data: torch.Tensor, steps: int, batch: int, crop: int, lr: float, seed: int, log_every: int,
               config: dict = VAE_CONFIG):
-    from diffusers import AutoencoderKL
-
     torch.manual_seed(seed)
     vae = AutoencoderKL(**config)
     # Start the posterior's log-variance channels at -10 (std 0.007): with the
@@ -188,8 +189,6 @@ def loss_weights(noise_sched, t: torch.Tensor, snr_gamma: float, prediction_type
     and for the v target as min(SNR, gamma) / (SNR + 1); ``snr_gamma <= 0``: all ones."""
     if snr_gamma <= 0:
         return torch.ones(t.shape)
-    from diffusers.training_utils import compute_snr
-
     snr = compute_snr(noise_sched, t)
     clipped = torch.clamp(snr, max=snr_gamma)
     return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
@@ -208,9 +207,6 @@ def training_target(noise_sched, x0: torch.Tensor, noise: torch.Tensor, t: torch
 
 def train_unet(latents, text, steps, batch, lr, seed, log_every, ema_decay=0.999, snr_gamma=0.0,
                prediction_type="epsilon", config: dict = UNET_CONFIG):
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from diffusers.training_utils import EMAModel
-
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(**config)
     betas = {k: SD15_SCHEDULER_CONFIG[k] for k in ("beta_start", "beta_end", "beta_schedule", "clip_sample")}
@@ -266,10 +262,6 @@ def plot_losses(curves: dict[str, list[float]], path: Path, width: int = 640, he
 
 
 def save_pipeline(out: Path, vae, unet, scaling_factor: float, prediction_type: str = "epsilon"):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    from ..testing import make_tiny_pipeline
-
     base = make_tiny_pipeline(seed=0)  # its CLIP text encoder and tokenizer (fixed, random)
     vae.register_to_config(scaling_factor=scaling_factor)
     scheduler = DDIMScheduler(**{**SD15_SCHEDULER_CONFIG, "prediction_type": prediction_type})
@@ -287,8 +279,6 @@ def save_pipeline(out: Path, vae, unet, scaling_factor: float, prediction_type: 
 def sample_grid(vae, unet, text, scaling_factor, path: Path, n: int = 16, steps: int = 50, seed: int = 0,
                 prediction_type: str = "epsilon"):
     """DDIM samples from pure noise (eta 0), decoded, as a 4-column grid."""
-    from diffusers import DDIMScheduler
-
     sched = DDIMScheduler(**{**SD15_SCHEDULER_CONFIG, "prediction_type": prediction_type})
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
@@ -368,7 +358,8 @@ def _channels(text: str) -> tuple[int, ...]:
     return values
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The options of ``python -m gooddrag.shapes.train``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output diffusers folder (refused if it exists)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and sampling (default: 0)")
@@ -395,12 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unet-layers-per-block", type=int, default=None,
                    help="the UNet's layers_per_block (default: the config's, 1)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = torch's default (default: 0)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    out = Path(args.out)
-    if out.exists():
-        raise SystemExit(f"error: {out} exists; remove it or choose another --out")
-    vae_record = None
+    return p
+
+
+def _model_configs(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(autoencoder config, UNet config) of ``--latent-factor``, with the UNet size flags applied;
+    a value that cannot work ends the run with a one-line error."""
     vae_config, unet_config = CONFIGS[args.latent_factor]
     if args.unet_channels is not None:
         levels = len(unet_config["block_out_channels"])
@@ -416,65 +407,64 @@ def main(argv: list[str] | None = None) -> int:
         if args.unet_layers_per_block < 1:
             raise SystemExit(f"error: --unet-layers-per-block {args.unet_layers_per_block}: must be >= 1")
         unet_config = dict(unet_config, layers_per_block=args.unet_layers_per_block)
-    if args.vae_from is not None:
-        try:
-            vae_record = json.loads((args.vae_from / "training.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise SystemExit(f"error: --vae-from {args.vae_from}: no readable training.json ({exc})")
-        try:  # the config of the weights that will be loaded, not the record's copy
-            reused_factor = vae_scale_factor(json.loads((args.vae_from / "vae" / "config.json").read_text()))
-        except (OSError, ValueError, KeyError) as exc:
-            raise SystemExit(f"error: --vae-from {args.vae_from}: no readable vae/config.json ({exc})")
-        if reused_factor != args.latent_factor:
-            raise SystemExit(f"error: --vae-from {args.vae_from}: its autoencoder is "
-                             f"{reused_factor}x, not --latent-factor {args.latent_factor}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    timings = {}
-    t0 = time.perf_counter()
-    data = torch.from_numpy(render_dataset(args.scenes, args.seed))
-    timings["render_s"] = time.perf_counter() - t0
-    logger.info("rendered %d images in %.1f s", len(data), timings["render_s"])
+    return vae_config, unet_config
 
+
+def _reused_vae_record(args: argparse.Namespace) -> dict | None:
+    """The training record of ``--vae-from`` (None without it), after checking that its
+    autoencoder has the ``--latent-factor`` asked for."""
+    if args.vae_from is None:
+        return None
+    try:
+        vae_record = json.loads((args.vae_from / "training.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: --vae-from {args.vae_from}: no readable training.json ({exc})")
+    try:  # the config of the weights that will be loaded, not the record's copy
+        reused_factor = vae_scale_factor(json.loads((args.vae_from / "vae" / "config.json").read_text()))
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"error: --vae-from {args.vae_from}: no readable vae/config.json ({exc})")
+    if reused_factor != args.latent_factor:
+        raise SystemExit(f"error: --vae-from {args.vae_from}: its autoencoder is "
+                         f"{reused_factor}x, not --latent-factor {args.latent_factor}")
+    return vae_record
+
+
+def _autoencoder(args: argparse.Namespace, data: torch.Tensor, vae_config: dict, vae_record: dict | None,
+                 timings: dict) -> tuple[AutoencoderKL, list[float]]:
+    """Stage 2: train the autoencoder, or load the one of ``--vae-from`` (then ``args`` takes the
+    reused run's autoencoder settings, for the card). Returns (autoencoder, its losses); its
+    seconds go to ``timings["vae_s"]`` (for a reused one, those of the run that trained it)."""
     t0 = time.perf_counter()
     if vae_record is None:
         vae, vae_losses = train_vae(data, args.vae_steps, args.vae_batch, 32, args.vae_lr, args.seed, 100,
                                     config=vae_config)
         timings["vae_s"] = time.perf_counter() - t0
-    else:
-        from diffusers import AutoencoderKL
+        return vae, vae_losses
+    vae = AutoencoderKL.from_pretrained(args.vae_from / "vae").float().eval()
+    vae_losses = vae_record.get("losses", {}).get("autoencoder") or [vae_record["final_loss"]["autoencoder"]]
+    timings["vae_s"] = vae_record["timings_s"]["vae_s"]
+    for key in ("vae_steps", "vae_batch", "vae_lr"):  # the card describes how the reused autoencoder was made
+        setattr(args, key, vae_record["args"][key])
+    return vae, vae_losses
 
-        vae = AutoencoderKL.from_pretrained(args.vae_from / "vae").float().eval()
-        vae_losses = vae_record.get("losses", {}).get("autoencoder") or [vae_record["final_loss"]["autoencoder"]]
-        timings["vae_s"] = vae_record["timings_s"]["vae_s"]
-        for key in ("vae_steps", "vae_batch", "vae_lr"):  # the card describes how the reused autoencoder was made
-            setattr(args, key, vae_record["args"][key])
-    vae_psnr = recon_psnr(vae, data[-256:])
-    latents = encode_all(vae, data)
-    scaling_factor = float(1.0 / latents.std())
-    latents = latents * scaling_factor
-    logger.info("vae done in %.0f s, recon PSNR %.2f dB, scaling_factor %.4f", timings["vae_s"], vae_psnr, scaling_factor)
 
-    from ..testing import make_tiny_pipeline
-
+def _empty_prompt_embedding() -> torch.Tensor:
+    """(1, tokens, dim) text embedding of the empty prompt by the fixed tiny CLIP text encoder."""
     base = make_tiny_pipeline(seed=0)
     with torch.no_grad():
         ids = base.tokenizer("", padding="max_length", max_length=base.tokenizer.model_max_length,
                              return_tensors="pt").input_ids
-        text = base.text_encoder(ids)[0]
-    t0 = time.perf_counter()
-    unet, unet_losses = train_unet(latents, text, args.unet_steps, args.unet_batch, args.unet_lr, args.seed, 200,
-                                   snr_gamma=args.snr_gamma, prediction_type=args.prediction_type,
-                                   config=unet_config)
-    timings["unet_s"] = time.perf_counter() - t0
+        return base.text_encoder(ids)[0]
 
-    out.mkdir(parents=True)
-    save_pipeline(out, vae, unet, scaling_factor, args.prediction_type)
-    plot_losses({"autoencoder": vae_losses, "unet": unet_losses}, out / "loss_curve.png")
-    sample_grid(vae, unet, text, scaling_factor, out / "samples.png", seed=args.seed,
-                prediction_type=args.prediction_type)
+
+def _training_record(args: argparse.Namespace, argv: list[str] | None, *, timings: dict, vae_psnr: float,
+                     scaling_factor: float, losses: dict[str, list[float]], vae_config: dict, unet_config: dict,
+                     vae_record: dict | None) -> dict:
+    """What ``training.json`` holds: the command, settings, timings, losses and configs, and where a
+    reused autoencoder was really trained (carried through a chain of reuses)."""
+    vae_losses, unet_losses = losses["autoencoder"], losses["unet"]
     record = {
-        "command": "python -m gooddrag.shapes.train " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "command": "python -m gooddrag.shapes.train " + " ".join(argv if argv is not None else sys.argv[1:]),
         "args": vars(args),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "device": f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} torch threads",
@@ -487,13 +477,54 @@ def main(argv: list[str] | None = None) -> int:
         "losses": {"autoencoder": [round(v, 6) for v in vae_losses], "unet": [round(v, 6) for v in unet_losses]},
     }
     if vae_record is not None:
-        # where the autoencoder was really trained (carried through a chain of reuses)
         origin = vae_record.get("vae_from") or {
             "command": vae_record["command"], "device": vae_record["device"],
             "scenes": vae_record["args"]["scenes"], "seed": vae_record["args"]["seed"]}
         record["vae_from"] = {**origin, "folder": str(args.vae_from),
                               "vae_recon_psnr_db_there": vae_record["vae_recon_psnr_db"]}
         record["args"]["vae_from"] = str(args.vae_from)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train and save the model (the stages of the module docstring); returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = Path(args.out)
+    if out.exists():
+        raise SystemExit(f"error: {out} exists; remove it or choose another --out")
+    vae_config, unet_config = _model_configs(args)
+    vae_record = _reused_vae_record(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    timings = {}
+    t0 = time.perf_counter()
+    data = torch.from_numpy(render_dataset(args.scenes, args.seed))
+    timings["render_s"] = time.perf_counter() - t0
+    logger.info("rendered %d images in %.1f s", len(data), timings["render_s"])
+
+    vae, vae_losses = _autoencoder(args, data, vae_config, vae_record, timings)
+    vae_psnr = recon_psnr(vae, data[-256:])
+    latents = encode_all(vae, data)
+    scaling_factor = float(1.0 / latents.std())
+    latents = latents * scaling_factor
+    logger.info("vae done in %.0f s, recon PSNR %.2f dB, scaling_factor %.4f", timings["vae_s"], vae_psnr, scaling_factor)
+
+    text = _empty_prompt_embedding()
+    t0 = time.perf_counter()
+    unet, unet_losses = train_unet(latents, text, args.unet_steps, args.unet_batch, args.unet_lr, args.seed, 200,
+                                   snr_gamma=args.snr_gamma, prediction_type=args.prediction_type,
+                                   config=unet_config)
+    timings["unet_s"] = time.perf_counter() - t0
+
+    out.mkdir(parents=True)
+    save_pipeline(out, vae, unet, scaling_factor, args.prediction_type)
+    plot_losses({"autoencoder": vae_losses, "unet": unet_losses}, out / "loss_curve.png")
+    sample_grid(vae, unet, text, scaling_factor, out / "samples.png", seed=args.seed,
+                prediction_type=args.prediction_type)
+    record = _training_record(args, argv, timings=timings, vae_psnr=vae_psnr, scaling_factor=scaling_factor,
+                              losses={"autoencoder": vae_losses, "unet": unet_losses}, vae_config=vae_config,
+                              unet_config=unet_config, vae_record=vae_record)
     (out / "training.json").write_text(json.dumps(record, indent=2))
     write_model_card(out)
     logger.info("saved %s", out)

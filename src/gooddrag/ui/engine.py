@@ -5,11 +5,16 @@ few; :meth:`Engine.edit` runs one drag edit while holding the run lock (a run th
 is still stopping keeps the next one waiting) and writes the result folder that
 ``gooddrag edit`` writes, plus its zip. No gradio here: the page (:mod:`.page`)
 drives it, and tests drive it directly.
+
+No torch at import either: :mod:`.server` imports this module, and the command line
+imports that to build ``gooddrag ui --help``. torch, the loaders and the pipeline are
+imported in the methods that use them (each marked ``# heavy``).
 """
 
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 import secrets
@@ -28,8 +33,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..core.atomic import atomic_file
 from ..errors import GoodDragError, ModelUnavailableError
-from ..models import BUILTIN, SHAPES_MODEL
+from ..io.outputs import run_record, write_result_folder
+from ..models.names import BUILTIN, SHAPES_MODEL
 from .progress import RunProgress
 from .state import check_run, make_config, points_to_text
 from .waiting import RunQueue
@@ -60,15 +67,15 @@ def zip_folder(folder: Path, dest: Path) -> Path:
     """Every file of ``folder`` into ``dest`` (a zip), under ``<folder name>/``. PNG and GIF
     files are stored as they are (already compressed: deflating them again took seconds at
     12 megapixels for a few percent), the rest deflated."""
-    tmp = dest.with_name(dest.name + ".part")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for f in sorted(folder.rglob("*")):
-            if f.is_file():
-                stored = f.suffix.lower() in (".png", ".gif")
-                zf.write(f, f"{folder.name}/{f.relative_to(folder).as_posix()}",
-                         compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
-    os.replace(tmp, dest)
-    return dest
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(folder.rglob("*")):
+                if f.is_file():
+                    stored = f.suffix.lower() in (".png", ".gif")
+                    zf.write(f, f"{folder.name}/{f.relative_to(folder).as_posix()}",
+                             compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
+
+    return atomic_file(dest, write)
 
 
 # --------------------------------------------------------------------- engine
@@ -143,7 +150,7 @@ class Engine:
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, name) of each served model; the label says when the server does not hold its
         files yet (a hub id not in its cache: the first run downloads it, which needs the internet)."""
-        from ..loading import availability
+        from ..models.loading import availability  # heavy: diffusers, transformers
 
         def label(name: str) -> str:
             where = availability(self.models[name])
@@ -158,8 +165,8 @@ class Engine:
         """The cached pipeline for (model, device, dtype, vae), loaded on first use.
         Loading errors become one-line GoodDragErrors (naming no server path unless
         ``allow_any_model``; the details go to the server log)."""
-        from ..loading import require_loadable
-        from ..pipeline import DragPipeline
+        from ..methods.pipeline import DragPipeline  # heavy: diffusers, transformers
+        from ..models.loading import require_loadable  # heavy: diffusers, transformers
 
         location = self.location(model)
         vae = (vae or "").strip() or None
@@ -296,8 +303,8 @@ class Engine:
     def _fit_preset(pipe, preset, config, settings):
         """An SDXL model run with a plain SD preset gets its method's SDXL preset (same page
         settings): the SD layer choices do not fit SDXL's UNet. Other presets stay as chosen."""
-        from .. import presets
-        from ..backbone import SDXL
+        from ..methods import presets  # heavy: torch
+        from ..models.backbone import SDXL  # heavy: torch
 
         if getattr(pipe, "kind", None) != SDXL or presets.family_of_preset(preset) != "sd":
             return preset, config
@@ -306,7 +313,7 @@ class Engine:
         return preset, make_config(preset, settings)
 
     def _run(self, pipe, image, handles, targets, mask, prompt, config, callback, progress, report):
-        import torch
+        import torch  # heavy: torch
 
         def on_step(ev):
             progress.update(ev)
@@ -322,8 +329,7 @@ class Engine:
 
     def _write(self, loaded: _Loaded, image, points, mask, prompt, preset, config, result, source) -> EditOutput:
         """The result folder (run.json records the model's name, not where it lives) and its zip."""
-        from ..outputs import run_record, write_result_folder
-        from ..pipeline import image_sha256
+        from ..methods.pipeline import image_sha256  # heavy: diffusers, transformers
 
         pipe = loaded.pipe
         name = result_name()
@@ -365,7 +371,7 @@ class Engine:
             return None
         if scale <= 1:  # the frames already fit 512 px
             return self.served_copy(gif, f"{folder.name}-trajectory.gif")
-        import imageio.v3 as iio
+        import imageio.v3 as iio  # only to enlarge a GIF: 50 ms kept off gooddrag --help
 
         frames = iio.imread(gif, index=None)
         big = [np.repeat(np.repeat(np.asarray(f)[..., :3], scale, 0), scale, 1) for f in frames]
@@ -379,6 +385,4 @@ def _free_device_memory() -> None:
     still hold its tensors, so their GPU blocks go back to torch's caching allocator. No
     emptying of the CUDA cache: the allocator itself releases cached blocks and retries before
     it reports out of memory, so the next model reuses them either way."""
-    import gc
-
     gc.collect()

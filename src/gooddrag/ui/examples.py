@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import GoodDragError
+from ..io.samples import load_image, load_mask, load_sample
+from .state import interleave_points
 
 
 @dataclass
@@ -34,8 +36,6 @@ def shipped_examples_dir() -> Path:
 
 
 def _read_shipped(folder: Path) -> tuple[int, Example]:
-    from ..samples import load_image, load_mask
-
     meta = json.loads((folder / "points.json").read_text(encoding="utf-8"))
     example = Example(meta["name"], load_image(folder / "image.png"), load_mask(folder / "mask.png"),
                       [list(map(float, p)) for p in meta["points"]], meta.get("prompt", ""))
@@ -48,9 +48,6 @@ def shipped_examples(repo_examples: bool = True) -> list[Example]:
     found = [_read_shipped(f) for f in root.iterdir() if (f / "points.json").is_file()] if root.is_dir() else []
     out = [ex for _, ex in sorted(found, key=lambda item: item[0])]
     if repo_examples:
-        from ..samples import load_sample
-        from .state import interleave_points
-
         checkout = Path(__file__).resolve().parents[3] / "examples"
         for folder in sorted(checkout.glob("*")) if checkout.is_dir() else []:
             try:

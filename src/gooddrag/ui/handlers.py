@@ -21,11 +21,12 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from .. import presets
-from ..config import METHODS, PRESETS
+from ..methods import presets
+from ..methods.config import METHODS, PRESETS
 from ..errors import GoodDragError
-from ..models import size_warning
-from ..options import METHOD_SETTINGS
+from ..models.names import size_warning
+from ..io.options import METHOD_SETTINGS
+from ..io.samples import fit_mask, load_mask
 from .engine import Engine
 from .examples import Example
 from .progress import status_html, wait_text
@@ -310,8 +311,6 @@ class Handlers:
     # -- the API endpoint /drag
     def api_inputs(self, image, mask, points):
         """The API's files and points, checked: (image, mask or None, points)."""
-        from ..samples import fit_mask, load_mask
-
         if not image:
             raise GoodDragError("no image given")
         img = load_upload(file_path(image), max_bytes=self.max_bytes, max_pixels=self.max_pixels, what="image")

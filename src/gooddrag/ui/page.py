@@ -14,8 +14,8 @@ from typing import Any
 
 import gradio as gr
 
-from ..models import SHAPES_MODEL
-from ..outputs import GIF_MAX_SIDE
+from ..models.names import SHAPES_MODEL
+from ..io.outputs import GIF_MAX_SIDE
 from .engine import DEFAULT_RESULTS_DIR, Engine
 from .examples import Example, shipped_examples
 from .handlers import Handlers

@@ -13,6 +13,7 @@ backward passes, a denoising step one pass on a batch of two.
 
 from __future__ import annotations
 
+import html
 import time
 from dataclasses import dataclass, field
 
@@ -131,8 +132,6 @@ def wait_text(ahead: int, eta: float | None) -> str:
 
 def status_html(text: str, fraction: float | None = None, kind: str = "info") -> str:
     """The status area: one line and, for a running run, one progress bar."""
-    import html
-
     bar = ""
     if fraction is not None:
         bar = (f'<progress id="run-progress" value="{100 * fraction:.1f}" max="100" '

@@ -19,6 +19,7 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+import torch
 from PIL import Image
 
 from ..errors import GoodDragError
@@ -224,8 +225,6 @@ class _Preview:
     def frame(self, now: float):
         if not self.due(now):
             return None
-        import torch
-
         t0 = time.monotonic()
         # a small picture's preview is made at its size and enlarged in blocks; a large one's at the shown size
         size = self.image.size if self.scale >= 1 else display_size(self.image.size, self.scale)

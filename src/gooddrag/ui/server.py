@@ -11,7 +11,7 @@ import logging
 import os
 
 from ..errors import GoodDragError
-from ..models import DEFAULT_HUB_MODEL, SHAPES_MODEL, parse_model_spec
+from ..models.names import DEFAULT_HUB_MODEL, SHAPES_MODEL, parse_model_spec
 from .engine import DEFAULT_RESULTS_DIR
 from .state import MAX_PIXELS, MAX_UPLOAD_MB
 
@@ -25,7 +25,7 @@ def gradio():
     """Import gradio with analytics and telemetry off (set before the first import)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    import gradio as gr
+    import gradio as gr  # optional extra (gooddrag[ui]), imported after the settings above
 
     return gr
 
@@ -33,7 +33,7 @@ def gradio():
 def build_app(*args, **kwargs):
     """:func:`gooddrag.ui.page.build_app`, importing gradio first (see :func:`gradio`)."""
     gradio()
-    from .page import build_app as build
+    from .page import build_app as build  # imports gradio: only once the settings are in place
 
     return build(*args, **kwargs)
 
@@ -81,13 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, say=logger.warning) -> int:
     """Build and launch the app; blocks until interrupted. Returns the exit code."""
-    from ..loading import resolve_device
+    from ..models.loading import resolve_device  # heavy: diffusers, transformers; keeps --help fast
 
     resolve_device(args.device)  # a bad device fails now, with the usual one-line error
     if args.port < 0 or args.port > 65535:
         raise GoodDragError(f"--port must be 0..65535, got {args.port}")
     try:
-        import gradio  # noqa: F401
+        import gradio  # noqa: F401 - the optional extra: a missing one is a one-line error
     except ImportError:
         raise GoodDragError("the web UI needs gradio: pip install 'gooddrag[ui]'") from None
     if args.share:

@@ -2,7 +2,9 @@
 
 Nothing here imports gradio or torch; each function takes and returns plain values
 (lists of points, numpy masks, PIL images) and is tested on its own
-(tests/test_ui_state.py).
+(tests/test_ui_state.py). The input checks (:mod:`gooddrag.io.samples`) and the presets
+(:mod:`gooddrag.methods`) import torch, so they are imported inside the functions that use
+them (marked ``# heavy``): :mod:`.server` imports this module for ``gooddrag ui --help``.
 
 Frames: points are (x, y) pixels of the *input* image; how pictures are shown and
 clicks mapped back is :mod:`gooddrag.ui.views`.
@@ -20,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import NO_MASK_WARNING, GoodDragError
-from ..models import SHAPES_MODEL
+from ..models.names import SHAPES_MODEL  # noqa: F401 - re-exported: gooddrag.ui.SHAPES_MODEL
 
 MAX_UPLOAD_MB = 20.0
 MAX_PIXELS = 4096 * 4096
@@ -84,7 +86,7 @@ def points_to_text(points: Sequence[Sequence[float]] | None) -> str:
 
 def points_from_text(text: str) -> list[list[float]]:
     """``"x,y>x,y; ..."`` -> alternating [handle, target, ...]; an error names the bad pair."""
-    from ..samples import parse_points
+    from ..io.samples import parse_points  # heavy: torch
 
     if not text or not text.strip():
         raise GoodDragError("no points: write handle>target pairs as 'x,y>x,y; x,y>x,y'")
@@ -213,7 +215,7 @@ def load_upload(path: str | Path, max_bytes: int = int(MAX_UPLOAD_MB * 2**20), m
 
 def check_run(image: Image.Image | None, points, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Check what a run needs; returns (handles, targets) or raises a one-line GoodDragError."""
-    from ..samples import check_mask_covers_points, check_points
+    from ..io.samples import check_mask_covers_points, check_points  # heavy: torch
 
     if image is None:
         raise GoodDragError("no image: upload one or pick an example first")
@@ -255,7 +257,7 @@ def parse_settings(text: str | dict | None) -> dict[str, Any]:
 
 def make_config(preset: str, settings: dict[str, Any] | None = None):
     """``get_preset`` with the page's values; None values keep the preset's."""
-    from ..config import DragConfig, get_preset
+    from ..methods.config import DragConfig, get_preset  # heavy: torch
 
     types = {f.name: str(f.type) for f in DragConfig.__dataclass_fields__.values()}
     overrides = {}
@@ -283,16 +285,16 @@ def make_config(preset: str, settings: dict[str, Any] | None = None):
 
 
 def default_preset(model: str | None) -> str:
-    """GoodDrag's preset that fits ``model`` (the one resolver, :func:`gooddrag.presets.for_model`)."""
-    from .. import presets
+    """GoodDrag's preset that fits ``model`` (the one resolver, :func:`gooddrag.methods.presets.for_model`)."""
+    from ..methods import presets  # heavy: torch
 
     return presets.for_model("gooddrag", (model or "").strip() or None)
 
 
 def preset_for_model(model: str | None, current: str | None) -> str:
     """Keep the method of ``current``, take its preset that fits ``model``."""
-    from .. import presets
-    from ..config import PRESETS
+    from ..methods import presets  # heavy: torch
+    from ..methods.config import PRESETS  # heavy: torch
 
     method = PRESETS[current].method if current in PRESETS else "gooddrag"
     return presets.for_model(method, (model or "").strip() or None)
@@ -301,15 +303,15 @@ def preset_for_model(model: str | None, current: str | None) -> str:
 def method_choices(model: str | None) -> list[tuple[str, str]]:
     """The page's method list for ``model``: (label, preset) of each of PAGE_METHODS, the preset
     the one that fits the model; labels name the method, never a preset."""
-    from .. import presets
+    from ..methods import presets  # heavy: torch
 
     return [(presets.METHOD_LABELS[m], presets.for_model(m, (model or "").strip() or None)) for m in PAGE_METHODS]
 
 
 def preset_words(preset: str) -> str:
     """``"GoodDrag+ (ours: ...) with the shapes-64 settings (64 px)"`` for the status."""
-    from .. import presets
-    from ..config import PRESETS
+    from ..methods import presets  # heavy: torch
+    from ..methods.config import PRESETS  # heavy: torch
 
     return (f"{presets.METHOD_LABELS[PRESETS[preset].method]} with the "
             f"{presets.FAMILY_LABELS[presets.family_of_preset(preset)]}")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..io.outputs import HANDLE_COLOR, draw_points
 from .state import DISPLAY_SIDE, HATCH_EVERY, MASK_COLOR, MASK_OUTLINE, SHORTFALL_COLOR
 
 VIEW_MAX_SIDE = 1024
@@ -79,11 +80,9 @@ def draw_overlay(
 ) -> Image.Image:
     """The display image with the mask outlined and hatched (:func:`mark_mask`: the
     colours under it are kept), each pair as handle (red) -> target (blue) with an
-    arrow (:func:`gooddrag.outputs.draw_points`), a pending handle, and optionally
+    arrow (:func:`gooddrag.io.outputs.draw_points`), a pending handle, and optionally
     final handle positions (yellow squares); a final handle farther than ``shortfall_px``
     (image px) from its target gets an orange line to it (:func:`shortfall_limit_px`)."""
-    from ..outputs import HANDLE_COLOR, draw_points
-
     disp = to_display(image, scale)
     pts = [list(p) for p in (points or [])]
     n = len(pts) // 2 * 2

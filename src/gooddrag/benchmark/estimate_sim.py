@@ -1,0 +1,353 @@
+"""The simulator behind ``gooddrag bench estimate``: a whole edit at real size, with no weights.
+
+:func:`estimate` builds the model from its configs on fake tensors (:mod:`.estimate_models`) and
+runs :class:`gooddrag.DragPipeline` itself on it, its ``__call__`` from the inputs' check to the
+decoded picture, under :class:`.estimate_counters.Counters`. Only the data-dependent reads get
+stand-in values, through the pipeline's public hooks: the tracker (``DragHooks.track``) runs and its
+answer is replaced by the handles it was given (a real tensor: the stop rules then read values),
+and ``DragHooks.host_read`` answers the LoRA's losses with zeros. The early stops are off
+(``stop_distance`` 0, ``max_track_no_change`` 0, ``drag_loss_threshold`` 0), so the schedule is the
+preset's whole budget, as in ``research/speed.py``.
+
+A full schedule is hundreds of UNet calls (GoodDrag at 512 px: 70 LoRA steps at batch 4, 38
+inversion steps, 7 x 10 x 3 drag steps, 38 denoising steps at batch 2), minutes each on fake
+tensors at SDXL's size; so the pipeline runs four SHORT schedules (:data:`RUNS`) and the full one is
+extrapolated. The operators and FLOPs of each phase are linear in the counts of the schedule
+(:data:`COST_TERMS`: LoRA steps L; inversion steps I; drag timesteps T, tracking rounds per
+timestep R, optimiser steps per round S; the denoising steps are I, of which T without mutual
+self-attention in GoodDrag), fitted exactly from the short runs. A phase's peak memory is the
+largest over the runs plus what grows with the schedule (:data:`MEMORY_GROWTH`: the LoRA's noise,
+drawn for every step before the loop; the reference trajectory's tensors, one set a drag timestep).
+tests/test_estimate.py checks both against full runs on the tiny model, operator for operator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..errors import GoodDragError
+from ..methods import presets
+from ..methods.base import DragHooks, read_to_host
+from ..methods.base import track as default_track
+from ..methods.config import DragConfig, get_preset
+from ..methods.pipeline import DragPipeline
+from ..models import backbone
+from .estimate_counters import CUDA_BLOCK, Counters, PhaseFigures, total
+from .estimate_models import HOST_STAND_IN, build_fake_pipeline, fake_mode, is_fake, parameter_count
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("prepare", "lora", "inversion", "drag", "denoise", "decode")
+"""``prepare``: the inputs' check and the prompt's encoding; ``lora``: training (with the VAE
+encode it needs) and fusing; ``inversion``: VAE encode and DDIM inversion; ``drag``: the reference
+trajectory and the drag timesteps (optimiser steps, tracking); ``denoise``: the batched DDIM steps;
+``decode``: the VAE decode."""
+METHODS = ("gooddrag", "dragdiffusion", "gooddrag-plus")
+"""The methods the simulator runs (AIDD's); FreeDrag's line search decides its own schedule."""
+EARLY_STOPS_OFF = dict(stop_distance=0.0, max_track_no_change=0, drag_loss_threshold=0.0)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The counts an edit's cost is linear in (module docstring)."""
+
+    L: int  # LoRA steps
+    I: int  # noqa: E741 - inversion steps (= denoising steps)
+    T: int  # drag timesteps
+    R: int  # tracking rounds per drag timestep
+    S: int  # optimiser steps per round
+
+    @classmethod
+    def of(cls, config: DragConfig) -> "Schedule":
+        return cls(config.lora_steps, config.inversion_steps, config.drag_end_step, config.track_per_step,
+                   config.max_drag_per_track)
+
+    def config(self, base: DragConfig) -> DragConfig:
+        """``base`` running this schedule (every other setting kept; early stops off)."""
+        return dataclasses.replace(base, lora_steps=self.L, num_inference_steps=self.I, inversion_strength=1.0,
+                                   drag_end_step=self.T, track_per_step=self.R, max_drag_per_track=self.S,
+                                   **EARLY_STOPS_OFF)
+
+    def terms(self, phase: str) -> list[float]:
+        """The phase's cost terms (:data:`COST_TERMS`) for these counts, after the constant 1."""
+        values = {"L": self.L, "I": self.I, "T": self.T, "TR": self.T * self.R, "TRS": self.T * self.R * self.S}
+        return [1.0] + [float(values[t]) for t in COST_TERMS[phase]]
+
+
+COST_TERMS = {"prepare": (), "lora": ("L",), "inversion": ("I",), "drag": ("T", "TR", "TRS"),
+              "denoise": ("T", "I"), "decode": ()}
+"""What each phase's operators and FLOPs are linear in (besides a constant)."""
+MEMORY_GROWTH = {"lora": "L", "drag": "T", "denoise": "T"}
+"""The count along which a phase's live memory grows (the LoRA's noise: one draw a step, all made
+before the loop; the reference trajectory: one set a drag timestep, kept to the end)."""
+GROWTH_MEASURED = {"L": ("lora", (0, 1)), "T": ("denoise", (0, 2))}
+"""Where each growth is measured: the phase, and the two runs (indices into :data:`RUNS`) that
+differ in that count only as far as memory goes; the bytes live at the phase's first UNet call
+(the LoRA's first step; the first batched DDIM step, after the reference trajectory) differ by the
+growth alone, where the peaks also differ by what a first step lacks (Adam's state)."""
+RUNS = (Schedule(1, 1, 1, 1, 1), Schedule(2, 2, 1, 1, 2), Schedule(1, 2, 2, 1, 1), Schedule(1, 1, 1, 2, 1))
+"""The short schedules run: each count takes two values, and each phase's terms are independent
+over the runs that inform it. Runs 3 and 4 train no LoRA (run 1's is in the cache)."""
+
+def unet_calls(schedule: Schedule, config: DragConfig, micro_batches: int, trains_lora: bool) -> int:
+    """UNet forward passes in an edit: LoRA (one a micro-batch), inversion (twice with
+    ``image_warp``), the reference trajectory, one per optimiser step, the denoising."""
+    lora = schedule.L * micro_batches if trains_lora else 0
+    inversion = schedule.I * (2 if config.image_warp else 1)
+    return lora + inversion + schedule.T + schedule.T * schedule.R * schedule.S + schedule.I
+
+
+def make_inputs(size: int) -> tuple[Image.Image, list[float], list[float], np.ndarray]:
+    """A square picture, one handle 3/16 of the side left of its target, a mask over the middle
+    (as ``research/speed.py``); the picture's content costs nothing."""
+    image = Image.new("RGB", (size, size), (120, 130, 140))
+    mask = np.zeros((size, size), bool)
+    mask[size // 5: size * 4 // 5, size // 6: size * 5 // 6] = True
+    return image, [size * 0.375, size * 0.5], [size * 0.5625, size * 0.5], mask
+
+
+def stand_in_track(features: torch.Tensor, reference_vectors: torch.Tensor, handles: torch.Tensor,
+                   config: DragConfig) -> torch.Tensor:
+    """The tracker runs (its cost counts); its answer, which needs values, is the handles it was
+    given, as real numbers: handles (N, 2) (row, col) supervision cells."""
+    default_track(features, reference_vectors, handles, config)
+    return handles.clone() if not is_fake(handles) else torch.zeros(handles.shape, dtype=handles.dtype)
+
+
+def stand_in_read(values: torch.Tensor) -> Any:
+    """A host read: real values as they are, fake ones as zeros of their shape (not reached, not
+    moved; LoRA losses 0)."""
+    if is_fake(values):
+        return torch.zeros(values.shape, dtype=values.dtype).tolist()
+    return read_to_host(values)
+
+
+@contextlib.contextmanager
+def quiet_diffusers() -> Iterator[None]:
+    """diffusers' warnings that do not apply here (fp16 "on the CPU", casting the VAE with ``to``)."""
+    from diffusers.utils import logging as dlog  # diffusers' own verbosity switch
+
+    before = dlog.get_verbosity()
+    dlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(before)
+
+
+def as_on_cuda(pipe: DragPipeline, low_memory: bool, micro_batch: int | None) -> None:
+    """The settings a CUDA pipeline has (``DragPipeline.__init__``): fused Adam, channels_last; the
+    host is :data:`HOST_STAND_IN`."""
+    pipe.fused_adam = True
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.offload_device = HOST_STAND_IN
+    if low_memory:
+        pipe.enable_low_memory()
+    if micro_batch is not None:
+        pipe.lora_micro_batch = micro_batch
+
+
+def device_tensors(pipe: DragPipeline) -> Iterator[torch.Tensor]:
+    """Every parameter and buffer of the pipeline's models (the weights live before an edit)."""
+    for module in (pipe.unet, pipe.vae, *backbone.text_encoders(pipe.sd)):
+        yield from module.parameters()
+        yield from module.buffers()
+
+
+def run_once(pipe: DragPipeline, config: DragConfig, cache: Path, on_call: Callable[[], None] | None = None,
+             round_to: int = CUDA_BLOCK) -> dict[str, PhaseFigures]:
+    """One edit of ``config`` on ``pipe`` (fake or real) with its LoRA cache in ``cache``, counted
+    (``round_to``: allocation granularity in bytes); returns the figures per phase."""
+    counters = Counters(round_to=round_to)
+    pipe.hooks = DragHooks(track=stand_in_track, host_read=stand_in_read, phase=counters.phase)
+    image, handle, target, mask = make_inputs(config.resolution)
+    def called(*_) -> None:
+        counters.unet_call()
+        if on_call is not None:
+            on_call()
+
+    hook = pipe.unet.register_forward_pre_hook(called)
+    try:
+        with counters:
+            counters.track_existing(device_tensors(pipe))
+            pipe(image, [handle], [target], mask, config=config, lora_cache_dir=cache, progress=False)
+    finally:
+        hook.remove()
+    return counters.finish()
+
+
+def _fit(rows: list[tuple[list[float], float]], terms: list[float]) -> float:
+    """Least squares (exact here: the runs are chosen so) of a value linear in the terms; the value
+    at ``terms``."""
+    a = np.array([r[0] for r in rows], dtype=np.float64)
+    b = np.array([r[1] for r in rows], dtype=np.float64)
+    coef, *_ = np.linalg.lstsq(a, b, rcond=None)
+    return float(np.dot(coef, terms))
+
+
+TRAINING_RUNS = (0, 1)
+"""The runs that train their LoRA (the others load run 1's from the cache): the only ones the LoRA
+phase is fitted on."""
+
+
+def extrapolate(runs: list[dict[str, PhaseFigures]], full: Schedule) -> dict[str, PhaseFigures]:
+    """The full schedule's figures per phase from the short runs' (module docstring)."""
+    out: dict[str, PhaseFigures] = {}
+    for phase in PHASES:
+        informing = list(TRAINING_RUNS) if phase == "lora" else list(range(len(RUNS)))
+        figs = [(RUNS[i], runs[i].get(phase, PhaseFigures())) for i in informing]
+        ops = _fit([(s.terms(phase), f.ops) for s, f in figs], full.terms(phase))
+        flops = _fit([(s.terms(phase), f.flops) for s, f in figs], full.terms(phase))
+        out[phase] = PhaseFigures(ops=round(ops), flops=round(flops), peak_bytes=_peak(phase, runs, informing, full))
+    return out
+
+
+def _peak(phase: str, runs: list[dict[str, PhaseFigures]], informing: list[int], full: Schedule) -> int:
+    """The largest peak over the runs, each moved to the full schedule along the phase's growing count."""
+    peaks = {i: runs[i].get(phase, PhaseFigures()).peak_bytes for i in informing}
+    count = MEMORY_GROWTH.get(phase)
+    if count is None:
+        return max(peaks.values())
+    slope = growth(runs, count)
+    return max(round(peaks[i] + slope * (getattr(full, count) - getattr(RUNS[i], count))) for i in informing)
+
+
+def growth(runs: list[dict[str, PhaseFigures]], count: str) -> float:
+    """Device bytes that stay live per unit of ``count`` (:data:`GROWTH_MEASURED`), at least 0."""
+    phase, (lo, hi) = GROWTH_MEASURED[count]
+    a, b = runs[lo][phase].first_call_bytes, runs[hi][phase].first_call_bytes
+    if a is None or b is None:
+        return 0.0
+    return max(0.0, (b - a) / (getattr(RUNS[hi], count) - getattr(RUNS[lo], count)))
+
+
+def micro_batches(pipe: DragPipeline, config: DragConfig) -> int:
+    """Forward passes per LoRA step (``DragPipeline.lora_micro_batch``)."""
+    size = pipe.lora_micro_batch or config.lora_batch_size
+    return -(-config.lora_batch_size // min(size, config.lora_batch_size))
+
+
+def simulate(pipe: DragPipeline, base: DragConfig, progress: bool = True,
+             round_to: int = CUDA_BLOCK) -> dict[str, Any]:
+    """Run the short schedules of ``base`` on ``pipe`` and extrapolate to ``base``'s own; returns
+    ``{"phases": {phase: PhaseFigures}, "runs": [per run {phase: PhaseFigures}], "schedule": Schedule}``."""
+    full = Schedule.of(base)
+    calls = sum(unet_calls(s, base, micro_batches(pipe, base), i in TRAINING_RUNS) for i, s in enumerate(RUNS))
+    bar = tqdm(total=calls, desc="simulated UNet calls", unit="call", disable=not progress)
+    figures = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="gooddrag-estimate-") as cache:
+            for schedule in RUNS:
+                figures.append(run_once(pipe, schedule.config(base), Path(cache), lambda: bar.update(1), round_to))
+    finally:
+        bar.close()
+    return {"phases": extrapolate(figures, full), "runs": figures, "schedule": full}
+
+
+def measure(pipe: DragPipeline, config: DragConfig, round_to: int = CUDA_BLOCK) -> dict[str, PhaseFigures]:
+    """The same counters on ONE edit of ``config`` as it is (no extrapolation): what the tests
+    compare the extrapolation with, on real or fake models."""
+    with tempfile.TemporaryDirectory(prefix="gooddrag-measure-") as cache:
+        return run_once(pipe, config, Path(cache), round_to=round_to)
+
+
+# --------------------------------------------------------------------------------------- the estimate
+H100_BF16_DENSE_FLOPS = 989e12
+"""An H100 SXM's dense bf16 tensor-core peak, FLOP/s: the floor below which no edit can run there."""
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What ``gooddrag bench estimate`` is asked: an architecture (``sd15``, ``sd21``, ``sdxl`` or a
+    diffusers folder), a working resolution, a method (its preset for the backbone), a dtype,
+    ``--low-memory``, a LoRA batch size (the preset's when None) and a LoRA micro-batch (the
+    pipeline's default when None)."""
+
+    model: str = "sd15"
+    resolution: int | None = None
+    method: str = "gooddrag"
+    dtype: str = "fp16"
+    low_memory: bool = False
+    lora_batch_size: int | None = None
+    lora_micro_batch: int | None = None
+
+
+def model_configs(model: str) -> dict[str, Any]:
+    from .estimate_models import builtin_configs, folder_configs  # the builders' config tables
+
+    return builtin_configs(model) if model in ("sd15", "sd21", "sdxl") else folder_configs(model)
+
+
+def request_config(request: Request, kind: str) -> DragConfig:
+    """The method's preset for the backbone, at the asked resolution and LoRA batch, early stops off."""
+    if request.method not in METHODS:
+        raise GoodDragError(f"the estimator runs {', '.join(METHODS)}; not {request.method!r} "
+                            "(FreeDrag's line search decides its own schedule)")
+    base = get_preset(presets.for_model(request.method, None, kind))
+    overrides: dict[str, Any] = dict(EARLY_STOPS_OFF)
+    if request.resolution is not None:
+        overrides["resolution"] = request.resolution
+    if request.lora_batch_size is not None:
+        overrides["lora_batch_size"] = request.lora_batch_size
+    return dataclasses.replace(base, **overrides)
+
+
+def fake_drag_pipeline(request: Request) -> DragPipeline:
+    """The request's model on fake tensors, wrapped in a :class:`DragPipeline` set as on CUDA."""
+    if request.dtype not in DTYPES:
+        raise GoodDragError(f"unknown dtype {request.dtype!r}; choose one of {', '.join(DTYPES)}")
+    with quiet_diffusers():
+        sd = build_fake_pipeline(model_configs(request.model), DTYPES[request.dtype], fake_mode())
+        pipe = DragPipeline(sd, device="cpu")
+        as_on_cuda(pipe, request.low_memory, request.lora_micro_batch)
+    return pipe
+
+
+def estimate(request: Request, progress: bool = True) -> dict[str, Any]:
+    """Simulate the request's whole edit; returns the report (:func:`report`)."""
+    start = time.perf_counter()
+    pipe = fake_drag_pipeline(request)
+    config = request_config(request, pipe.kind)
+    with quiet_diffusers():
+        sim = simulate(pipe, config, progress=progress)
+    return report(request, pipe, config, sim, time.perf_counter() - start)
+
+
+def report(request: Request, pipe: DragPipeline, config: DragConfig, sim: dict[str, Any], seconds: float) -> dict:
+    """The JSON report: totals, per phase, the schedule, the weights, the floor, the runs."""
+    phases, whole = sim["phases"], total(sim["phases"])
+    schedule: Schedule = sim["schedule"]
+    return {
+        "simulated": True,
+        "model": request.model, "backbone": pipe.kind, "method": request.method, "preset_settings": config.to_dict(),
+        "resolution": config.resolution, "dtype": request.dtype, "low_memory": request.low_memory,
+        "lora_batch_size": config.lora_batch_size, "lora_micro_batch": pipe.lora_micro_batch,
+        "peak_bytes": whole.peak_bytes, "flops": whole.flops, "ops": whole.ops,
+        "phases": {k: phases[k].to_dict() for k in PHASES},
+        "peak_phase": max(PHASES, key=lambda k: phases[k].peak_bytes),
+        "schedule": dataclasses.asdict(schedule) | {"unet_calls": unet_calls(schedule, config, micro_batches(pipe, config), True)},
+        "parameters": {name: parameter_count(m) for name, m in _models(pipe).items()},
+        "h100_bf16_floor_seconds": whole.flops / H100_BF16_DENSE_FLOPS,
+        "short_runs": [{"schedule": dataclasses.asdict(s), "phases": {k: v.to_dict() for k, v in r.items()}}
+                       for s, r in zip(RUNS, sim["runs"])],
+        "wall_seconds": seconds,
+    }
+
+
+def _models(pipe: DragPipeline) -> dict[str, torch.nn.Module]:
+    names = ["text_encoder", "text_encoder_2"] if pipe.kind == backbone.SDXL else ["text_encoder"]
+    return {"unet": pipe.unet, "vae": pipe.vae, **{n: getattr(pipe.sd, n) for n in names}}

@@ -1,0 +1,1 @@
+"""Drag methods: their configs and presets, the method seam and the pipeline that runs them."""

@@ -1,0 +1,534 @@
+"""The drag-editing pipeline: one ``__call__`` in numbered steps.
+
+1. check inputs (working size, points and mask in each frame)
+2. encode the prompt
+3. LoRA: load the cached one or train it
+4. encode the image
+5. DDIM inversion (and GoodDrag+'s warped start)
+6. the method: drag and denoise (:data:`gooddrag.methods.registry.METHODS`; AIDD for GoodDrag,
+   one timestep for DragDiffusion), with mutual self-attention
+7. decode, resize back to the input size, map points back to image pixels
+
+The models, the scheduler config and the method are separate: the diffusers pipeline only
+supplies components, :mod:`gooddrag.core.ddim` the steps, :mod:`gooddrag.core.motion` the math,
+:mod:`gooddrag.methods.config` the settings and :mod:`gooddrag.methods.registry` the method, which
+receives this pipeline as its model (:class:`gooddrag.methods.base.DenoisingModel`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..core import geometry, warp
+from ..core.clock import PhaseClock
+from ..core.ddim import DDIMSchedule, ddim_step, make_schedule
+from ..errors import NO_MASK_WARNING, GoodDragError, InputsCannotWorkError
+from ..models import backbone, lora
+from ..models.attention import mutual_self_attention
+from ..models.features import FeatureHook
+from ..models.loading import (
+    DEFAULT_MODEL,
+    ModelSource,
+    load_components,
+    resolve_device,
+    resolve_dtype,
+)
+from . import presets
+from .base import (
+    DragContext,
+    DragHooks,
+    DragSource,
+    DragStats,
+    PreparedInputs,
+    StepCallback,
+    StepEvent,
+)
+from .config import PRESETS, DragConfig
+from .registry import get_method
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DragResult:
+    """The output of one drag edit."""
+
+    image: Image.Image
+    """Edited image at the input's size."""
+    handle_points: np.ndarray
+    """(N, 2) final handle positions, input-image (x, y) pixels."""
+    initial_handle_points: np.ndarray
+    target_points: np.ndarray
+    config: DragConfig
+    timings: dict[str, float]
+    stats: DragStats
+    working_size: tuple[int, int]
+    """(height, width) the edit ran at."""
+    lora: dict[str, Any]
+    trajectory: list[Image.Image] | None = None
+    """Input, one decoded frame per drag timestep, result (at the input's size)."""
+    latents: torch.Tensor | None = None
+    """(1, c, h, w) the clean edited latent that was decoded (fp32)."""
+
+
+def image_sha256(image: Image.Image) -> str:
+    """Hash of an image's decoded RGB pixels and size (not of its file encoding)."""
+    rgb = image.convert("RGB")
+    h = hashlib.sha256(f"{rgb.width}x{rgb.height}".encode())
+    h.update(rgb.tobytes())
+    return h.hexdigest()
+
+
+class DragPipeline:
+    """Drag editing on a Stable Diffusion 1.x/2.x or SDXL backbone (the kind read from the model's configs).
+
+    Build with :meth:`from_pretrained`; call with an image, handle and target
+    points (x, y image pixels), an optional mask (1 = may change) and a
+    :class:`~gooddrag.methods.config.DragConfig`.
+
+    Speed settings (attributes; each keeps the result up to rounding, tests/test_speed.py):
+    ``fuse_lora`` (True) merges the LoRA into the UNet weights for inversion,
+    drag and denoising and restores the exact base weights afterwards;
+    ``fused_adam`` (on CUDA) uses torch's fused Adam/AdamW kernels; on CUDA the
+    UNet is put in channels_last memory format. :meth:`enable_low_memory` trades
+    speed for memory.
+    """
+
+    def __init__(self, sd_pipeline, *, source: ModelSource | None = None, device="cpu"):
+        self.sd = sd_pipeline
+        self.unet = sd_pipeline.unet
+        self.vae = sd_pipeline.vae
+        self.text_encoder = sd_pipeline.text_encoder
+        self.tokenizer = sd_pipeline.tokenizer
+        # DDIM with the model's own betas and prediction type; clip_sample and
+        # set_alpha_to_one off as in the authors' scheduler (docs/method.md, "Pipeline" 5).
+        self.scheduler = DDIMScheduler.from_config(
+            sd_pipeline.scheduler.config, clip_sample=False, set_alpha_to_one=False
+        )
+        self.source = source
+        self.device = torch.device(device)
+        self.sd.to(self.device)
+        # Gradients flow to the latent only (LoRA training unfreezes its own
+        # parameters): frozen weights spare a weight-gradient matmul per layer in
+        # every drag backward pass, and the memory of those gradients.
+        self.kind = backbone.backbone_kind(sd_pipeline)
+        for module in (self.unet, self.vae, *backbone.text_encoders(sd_pipeline)):
+            module.requires_grad_(False)
+        cuda = self.device.type == "cuda"
+        self.fuse_lora: bool = True
+        self.fused_adam: bool = cuda
+        self.low_memory: bool = False
+        self.lora_micro_batch: int | None = None
+        self.offload_device = torch.device("cpu")
+        self.hooks = DragHooks()
+        if cuda:  # NHWC convolutions (tensor-core friendly); values are unchanged
+            self.unet.to(memory_format=torch.channels_last)
+
+    def enable_low_memory(self, attention_slicing: bool = False) -> "DragPipeline":
+        """Trade speed for memory (8 GB cards): gradient checkpointing in the
+        UNet (recomputes activations in the backward passes of LoRA training and
+        the drag instead of keeping them), VAE tiling and slicing (tiles only act
+        above the VAE's ``sample_size``, 512 px for SD; slicing decodes a batch
+        one image at a time), the LoRA fusing backup kept on the CPU. Sliced
+        attention (``attention_slicing=True``) is off by default: torch's
+        scaled-dot-product attention, used otherwise, never holds the full
+        attention matrix, and sliced attention does; it only helps on devices
+        without a memory-efficient kernel. Returns ``self``.
+        """
+        self.unet.enable_gradient_checkpointing()
+        self.vae.enable_tiling()
+        self.vae.enable_slicing()
+        if attention_slicing:
+            self.unet.set_attention_slice("auto")
+        self.low_memory = True
+        return self
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = DEFAULT_MODEL,
+        *,
+        vae: str | None = None,
+        model_config: str | None = None,
+        vae_config: str | None = None,
+        device: str = "auto",
+        dtype: str = "fp32",
+    ) -> "DragPipeline":
+        """Load from a hub id, local diffusers folder or single-file checkpoint (see :mod:`gooddrag.models.loading`)."""
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        sd, source = load_components(
+            model, vae=vae, model_config=model_config, vae_config=vae_config, dtype=torch_dtype
+        )
+        return cls(sd, source=source, device=dev)
+
+    def default_config(self, method: str = "gooddrag") -> DragConfig:
+        """The ``method``'s preset that fits this model: ``shapes-<method>`` for the shipped
+        shapes-64, ``<method>-sdxl`` for an SDXL model, else ``<method>``."""
+        return PRESETS[presets.for_model(method, self.source.location if self.source else None, self.kind)]
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return geometry.vae_scale_factor(self.vae.config)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this for every UNet level to have an integer size."""
+        return geometry.unet_multiple(self.vae_scale_factor, len(self.unet.config.down_block_types))
+
+    def working_size(self, image: Image.Image, config: DragConfig) -> tuple[int, int]:
+        """(h, w) working size in pixels for ``image`` under ``config.resolution`` (sides the UNet can take)."""
+        return geometry.working_size(image.height, image.width, config.resolution, self.size_multiple)
+
+    # ------------------------------------------------------------ 1. inputs
+    def check_inputs(
+        self,
+        image: Image.Image,
+        handle_points: Sequence[Sequence[float]],
+        target_points: Sequence[Sequence[float]],
+        mask: np.ndarray | None,
+        config: DragConfig,
+    ) -> PreparedInputs:
+        """Validate the user's inputs and express them in every frame (see :mod:`gooddrag.core.geometry`)."""
+        if not isinstance(image, Image.Image):
+            raise GoodDragError(f"image must be a PIL image, got {type(image).__name__}")
+        if config.guidance_scale != 1.0:
+            raise GoodDragError("guidance_scale other than 1 is not supported (the methods use no CFG)")
+        image = image.convert("RGB")
+        W, H = image.size
+        handles, targets = geometry.check_points(handle_points, target_points, (H, W))
+
+        working = self.working_size(image, config)
+        sup = geometry.sup_grid_size(working, config.sup_res_scale)
+        latent = (working[0] // self.vae_scale_factor, working[1] // self.vae_scale_factor)
+        # (x, y) input px -> (x, y) working px -> (row, col) supervision cells
+        to_grid = lambda pts: geometry.image_to_grid(  # noqa: E731
+            geometry.scale_points(torch.as_tensor(pts, dtype=torch.float64), (H, W), working), working, sup
+        ).to(self.device)
+        if mask is None:  # no mask: everything may change, as the authors' code has it
+            logger.warning(NO_MASK_WARNING)
+            mask_t = torch.ones(H, W)
+        else:
+            mask_arr = np.asarray(mask)
+            if mask_arr.ndim != 2:
+                raise GoodDragError(f"mask must be a 2-D array, got shape {mask_arr.shape}")
+            mask_arr = geometry.fit_mask(mask_arr > 0, (H, W))
+            geometry.check_mask_covers_points(mask_arr, handles, targets)  # refused before any work
+            mask_t = torch.as_tensor(mask_arr, dtype=torch.float32)
+        # input -> supervision grid -> latent, nearest each time, as both authors' codes
+        # resize it (GoodDrag pipeline.py ``prepare_mask`` and ``good_drag``)
+        latent_mask = geometry.resize_mask(geometry.resize_mask(mask_t, sup), latent)
+        if not bool(latent_mask.any()):  # a thin mask that no latent cell keeps (host read, once)
+            raise InputsCannotWorkError(
+                f"the mask keeps no cell of the model's {latent[1]}x{latent[0]} latent grid "
+                f"({self.vae_scale_factor} px per cell at {working[1]}x{working[0]}): paint a wider region"
+            )
+        return PreparedInputs(
+            image=image,
+            working_image=image.resize((working[1], working[0]), Image.LANCZOS),
+            input_size=(H, W),
+            working_size=working,
+            sup_size=sup,
+            latent_size=latent,
+            handle_points_xy=handles,
+            target_points_xy=targets,
+            handle_points=to_grid(handles),
+            target_points=to_grid(targets),
+            mask=latent_mask.to(self.device),
+        )
+
+    # ------------------------------------------------------------ 2. prompt
+    def encode_prompt(self, prompt: str, size_hw: tuple[int, int] | None = None) -> backbone.Conditioning:
+        """Batch-1 conditioning for ``prompt`` (no CFG): SD's (1, 77, D) text embeddings; SDXL's also
+        take the working image's (h, w) in pixels ``size_hw`` (default: the UNet's native size)."""
+        if size_hw is None:
+            side = self.unet.config.sample_size * self.vae_scale_factor
+            size_hw = (side, side)
+        return backbone.encode_conditioning(self.sd, prompt, size_hw, self.device)
+
+    # ------------------------------------------------------------ 3. LoRA
+    def prepare_lora(
+        self,
+        image: Image.Image,
+        prompt: str,
+        config: DragConfig,
+        *,
+        text_embeddings: backbone.Conditioning | None = None,
+        lora_path: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Attach a LoRA for ``image`` (any size: trained at the config's working size) to the UNet:
+        ``lora_path`` if given, else the cached one for (image, model, settings), else train and
+        cache it. Returns a record (``source``: file / none / cache / trained, ``path``, ``key``)."""
+        if lora_path is not None:
+            lora.load_lora(self.unet, Path(lora_path))
+            return {"source": "file", "path": str(lora_path)}
+        if config.lora_steps == 0:
+            return {"source": "none"}
+        image = image.convert("RGB")
+        working = self.working_size(image, config)
+        settings = lora.lora_settings(config, prompt) | {"working_size": list(working)}
+        model_key = self.source.cache_key if self.source else repr(self.unet.config)
+        key = lora.lora_cache_key(image_sha256(image), model_key, settings)
+        folder = (Path(cache_dir) if cache_dir else lora.default_cache_dir()) / key
+        if (folder / lora.LORA_FILE).is_file():
+            lora.load_lora(self.unet, folder)
+            logger.info("LoRA cache hit: %s", folder)
+            return {"source": "cache", "path": str(folder / lora.LORA_FILE), "key": key}
+        cond = text_embeddings or self.encode_prompt(prompt, working)
+        losses = self._train_lora(image.resize((working[1], working[0]), Image.LANCZOS), cond, config,
+                                  generator, callback, progress)
+        path = lora.save_lora(
+            self.unet, folder,
+            {"settings": settings, "model": model_key, "image_sha256": image_sha256(image), "losses": losses},
+        )
+        return {"source": "trained", "path": str(path), "key": key, "final_loss": losses[-1] if losses else None}
+
+    def _train_lora(self, working_image: Image.Image, cond: backbone.Conditioning, config: DragConfig,
+                    generator: torch.Generator | None, callback: StepCallback | None, progress: bool) -> list[float]:
+        """Train a fresh LoRA on the working-size image; returns the loss per step."""
+        if generator is None:
+            generator = torch.Generator().manual_seed(config.seed)
+        with torch.no_grad(), backbone.vae_precision(self.vae) as vae_dtype:
+            dist = self.vae.encode(self.image_tensor(working_image).to(vae_dtype)).latent_dist
+        bar = tqdm(total=config.lora_steps, desc="LoRA", disable=not progress, leave=False)
+
+        def on_step(step, total, loss):
+            bar.update(1)
+            if callback is not None:
+                callback(StepEvent("lora", step + 1, total))
+
+        try:
+            return lora.train_lora(
+                self.unet, dist, cond.encoder_hidden_states, self.scheduler, config, generator,
+                self.vae.config.scaling_factor, on_step, fused_adam=self.fused_adam,
+                added_cond_kwargs=cond.added_cond_kwargs, micro_batch=self.lora_micro_batch,
+                host_read=self.hooks.host_read,
+            )
+        finally:
+            bar.close()
+
+    # --------------------------------------------------- 4. encode / decode
+    def image_tensor(self, image: Image.Image) -> torch.Tensor:
+        """PIL (w, h) -> (1, 3, h, w) in [-1, 1] on the device, the VAE's dtype (``hooks.pixels`` if set,
+        else the backbone's image processor)."""
+        if self.hooks.pixels is not None:
+            return self.hooks.pixels(image)
+        return self.sd.image_processor.preprocess(image).to(self.device, self.vae.dtype)
+
+    @torch.no_grad()
+    def encode_image(self, image: Image.Image) -> torch.Tensor:
+        """(1, c, h/f, w/f) fp32 latent (c latent channels, f the VAE factor): the posterior mean times ``vae.config.scaling_factor``."""
+        with backbone.vae_precision(self.vae) as vae_dtype:
+            dist = self.vae.encode(self.image_tensor(image).to(vae_dtype)).latent_dist
+        return dist.mean.float() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
+        """(B, c, h, w) latents -> B PIL images."""
+        with backbone.vae_precision(self.vae) as vae_dtype:
+            out = self.vae.decode((latents / self.vae.config.scaling_factor).to(vae_dtype)).sample
+        return self.sd.image_processor.postprocess(out.float(), output_type="pil")
+
+    # ------------------------------------------------ the model, as methods see it
+    @property
+    def prediction_type(self) -> str:
+        """``epsilon`` or ``v_prediction``: what :meth:`model_output` returns (the model's scheduler config)."""
+        return self.scheduler.config.prediction_type
+
+    def model_output(self, latents: torch.Tensor, t: torch.Tensor, cond: backbone.Conditioning) -> torch.Tensor:
+        """Model output (eps or v) for fp32 latents (B, c, h, w), returned in fp32.
+
+        The UNet runs in its weights' dtype (fp16/bf16 or fp32), forward and
+        backward; latents, DDIM steps, features, losses and the optimiser stay fp32.
+        """
+        dtype = self.unet.conv_in.weight.dtype  # not ``unet.dtype``: that walks all modules (ms per call)
+        return self.unet(latents.to(dtype), t, **cond.unet_kwargs(latents.shape[0])).sample.float()
+
+    def feature_hook(self, block: int) -> FeatureHook:
+        """Keeps the output of decoder block ``block`` ([mid_block, *up_blocks]) of the latest forward pass."""
+        return FeatureHook(self.unet, block)
+
+    def mutual_attention(self, start_layer: int) -> contextlib.AbstractContextManager:
+        """Mutual self-attention from self-attention layer ``start_layer`` on (:mod:`gooddrag.models.attention`)."""
+        return mutual_self_attention(self.unet, start_layer)
+
+    # ------------------------------------------------------------ 5. invert
+    @torch.no_grad()
+    def invert(
+        self, latents: torch.Tensor, cond: backbone.Conditioning, schedule: DDIMSchedule, progress: bool = True,
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """DDIM inversion of clean latents (1, c, h, w) to the level of ``schedule.timesteps[0]``."""
+        n = len(schedule)
+        for i, k in enumerate(tqdm(range(n - 1, -1, -1), desc="inversion", disable=not progress, leave=False)):
+            t = schedule.timesteps[k].to(self.device)
+            eps = self.model_output(latents, t, cond)
+            latents = ddim_step(latents, eps, schedule.alphas_prev[k], schedule.alphas[k], self.prediction_type)
+            if callback is not None:
+                callback(StepEvent("inversion", i + 1, n))
+        return latents
+
+    def drag_source(self, inverted: torch.Tensor, inputs: PreparedInputs, cond: backbone.Conditioning,
+                    schedule: DDIMSchedule, config: DragConfig) -> DragSource:
+        """Where the drag starts: the inverted input and the user's handles, or with ``config.image_warp``
+        (GoodDrag+, ours) the inversion of the input warped in pixel space and the warped handles."""
+        if not config.image_warp:
+            return DragSource(inverted, inputs.handle_points)
+        to_working = lambda xy: geometry.scale_points(  # noqa: E731 - (x, y) input px -> working px
+            torch.as_tensor(xy, dtype=torch.float64), inputs.input_size, inputs.working_size)
+        warped, start_handles = warp.image_warp_for_drag(
+            inputs.working_image, to_working(inputs.handle_points_xy), to_working(inputs.target_points_xy),
+            inputs.mask, inputs.sup_size, config)
+        return DragSource(self.invert(self.encode_image(warped), cond, schedule, progress=False),
+                          start_handles.to(inputs.handle_points.dtype).to(self.device))
+
+    # --------------------------------------------------- 6. drag + denoise
+    def drag_and_denoise(
+        self,
+        source: DragSource,
+        cond: backbone.Conditioning,
+        schedule: DDIMSchedule,
+        inputs: PreparedInputs,
+        config: DragConfig,
+        *,
+        progress: bool = True,
+        callback: StepCallback | None = None,
+        keep_trajectory: bool = False,
+    ):
+        """Run ``config.method`` (:func:`gooddrag.methods.registry.get_method`) on this model from
+        ``source``; returns its :class:`~gooddrag.methods.base.DragOutcome`."""
+        ctx = DragContext(inputs=inputs, schedule=schedule, cond=cond, config=config, hooks=self.hooks,
+                          callback=callback, progress=progress, keep_trajectory=keep_trajectory,
+                          to_input_points=lambda rc: self._grid_to_input(rc, inputs))
+        return get_method(config.method).run(self, source, ctx)
+
+    def _grid_to_input(self, points_rc: torch.Tensor, inputs: PreparedInputs) -> np.ndarray:
+        """(row, col) supervision cells -> (x, y) input-image pixels."""
+        xy = geometry.grid_to_image(points_rc.detach().double().cpu(), inputs.sup_size, inputs.working_size)
+        return geometry.scale_points(xy, inputs.working_size, inputs.input_size).numpy()
+
+    def _schedule(self, config: DragConfig) -> DDIMSchedule:
+        """The config's DDIM schedule, on the device once: indexing it in the loops then needs no
+        host-to-device copy (each one a sync)."""
+        schedule = make_schedule(self.scheduler, config.num_inference_steps, config.inversion_steps)
+        return DDIMSchedule(*(x.to(self.device) for x in (schedule.timesteps, schedule.alphas, schedule.alphas_prev)))
+
+    # ------------------------------------------------------------- __call__
+    def __call__(
+        self,
+        image: Image.Image,
+        handle_points: Sequence[Sequence[float]],
+        target_points: Sequence[Sequence[float]],
+        mask: np.ndarray | None = None,
+        prompt: str = "",
+        config: DragConfig | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        lora_path: str | Path | None = None,
+        lora_cache_dir: str | Path | None = None,
+        return_trajectory: bool = False,
+        callback: StepCallback | None = None,
+        progress: bool = True,
+    ) -> DragResult:
+        """Drag the content under each handle to its target.
+
+        image: PIL image of any size; handle_points / target_points: (x, y) input-image pixels, one
+        pair per row; mask: (H, W) array, nonzero = may change (None: everything may change; a mask
+        with nothing editable, or one that leaves a handle or target outside, is refused with
+        InputsCannotWorkError); prompt: text for the UNet (empty by default); config: a
+        :class:`DragConfig` (default: :meth:`default_config`, the gooddrag preset that fits the model);
+        generator: CPU generator for the LoRA's noise (default seeded from ``config.seed``);
+        lora_path: use this LoRA instead of the cached/trained one."""
+        config = config or self.default_config()
+        clock = PhaseClock(self.device)
+        start = mark = clock.now()
+        # 1. check inputs
+        inputs = self.check_inputs(image, handle_points, target_points, mask, config)
+        schedule = self._schedule(config)
+        # 2. encode prompt
+        cond = self.encode_prompt(prompt, inputs.working_size)
+        try:
+            # 3. LoRA
+            with self.hooks.phase("lora"):
+                lora_record = self.prepare_lora(
+                    inputs.image, prompt, config, text_embeddings=cond, lora_path=lora_path,
+                    cache_dir=lora_cache_dir, generator=generator, callback=callback, progress=progress,
+                )
+                self._fuse_lora()
+            mark = clock.add("lora", mark)
+            # 4. encode image, 5. invert (and GoodDrag+'s warped start)
+            with self.hooks.phase("inversion"):
+                inverted = self.invert(self.encode_image(inputs.working_image), cond, schedule,
+                                       progress=progress, callback=callback)
+                source = self.drag_source(inverted, inputs, cond, schedule, config)
+            mark = clock.add("inversion", mark)
+            # 6. drag and denoise (the method)
+            with self.hooks.phase("denoise"):  # the drag timesteps inside mark "drag"
+                outcome = self.drag_and_denoise(source, cond, schedule, inputs, config, progress=progress,
+                                                callback=callback, keep_trajectory=return_trajectory)
+            mark = clock.add("method", mark)
+        finally:
+            lora.remove_lora(self.unet)  # unfuses first: the base weights come back exactly
+        with self.hooks.phase("decode"):  # 7. decode and map back to the input frame
+            result, trajectory = self._decode_result(outcome, inputs, return_trajectory)
+        clock.add("decode", mark)
+        return self._result(result, trajectory, outcome, inputs, config, lora_record, clock, start)
+
+    def _fuse_lora(self) -> None:
+        """Merge the attached LoRA into the UNet's weights for speed (``fuse_lora``); the base weights
+        come back exactly when it is removed."""
+        if self.fuse_lora:
+            lora.fuse_lora(self.unet, backup_device=self.offload_device if self.low_memory else None)
+
+    def _decode_result(self, outcome, inputs: PreparedInputs, return_trajectory: bool):
+        """The edited image at the input's size, and the trajectory's frames if asked for."""
+        H, W = inputs.input_size
+        result = self.decode_latents(outcome.latents)[0].resize((W, H), Image.LANCZOS)
+        trajectory = None
+        if return_trajectory:
+            frames = self.decode_latents(torch.cat(outcome.trajectory)) if outcome.trajectory else []
+            trajectory = [inputs.image] + [f.resize((W, H), Image.LANCZOS) for f in frames] + [result]
+        return result, trajectory
+
+    def _result(self, image, trajectory, outcome, inputs: PreparedInputs, config: DragConfig,
+                lora_record: dict, clock: PhaseClock, start) -> DragResult:
+        """The :class:`DragResult`; timings from the one clock (``method`` split into the method's own
+        ``drag`` and ``denoise``)."""
+        clock.add("total", start)
+        seconds = clock.seconds()
+        timings = {"lora": seconds["lora"], "inversion": seconds["inversion"], **outcome.timings,
+                   "decode": seconds["decode"], "total": seconds["total"]}
+        return DragResult(
+            image=image,
+            handle_points=self._grid_to_input(outcome.handles, inputs),
+            initial_handle_points=inputs.handle_points_xy,
+            target_points=inputs.target_points_xy,
+            config=config,
+            timings=timings,
+            stats=outcome.stats,
+            working_size=inputs.working_size,
+            lora=lora_record,
+            trajectory=trajectory,
+            latents=outcome.latents,
+        )

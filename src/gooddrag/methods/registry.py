@@ -1,0 +1,33 @@
+"""The drag methods by name: one entry each (``DragConfig.method`` names one).
+
+Adding a method is one module with a ``run`` function over the model (:class:`~gooddrag.methods.base.DragRun`)
+plus an entry here, and its presets in :mod:`gooddrag.methods.config` / :mod:`gooddrag.methods.presets`.
+"""
+
+from __future__ import annotations
+
+from ..errors import GoodDragError
+from . import aidd, freedrag
+from .base import DragMethod
+
+METHODS: dict[str, DragMethod] = {
+    "gooddrag": DragMethod("gooddrag", aidd.drag_and_denoise),
+    "dragdiffusion": DragMethod("dragdiffusion", aidd.drag_and_denoise),
+    "gooddrag-plus": DragMethod("gooddrag-plus", aidd.drag_and_denoise, faithful=False),
+    "freedrag": DragMethod("freedrag", freedrag.run, backbones=("sd", "sdxl")),
+}
+"""``gooddrag`` (AIDD, Eq. 8), ``dragdiffusion`` (one timestep, Eq. 4) and ``freedrag`` (templates and a
+line search, :mod:`gooddrag.methods.freedrag`) do what their authors' code does; ``gooddrag-plus`` is
+AIDD with our options (docs/method.md, "GoodDrag+"). FreeDrag's authors ran SD1.5 only; on SDXL it is
+ours (presets ``freedrag-sdxl*``)."""
+
+
+def get_method(name: str) -> DragMethod:
+    """The method called ``name``."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise GoodDragError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
+
+
+__all__ = ["METHODS", "get_method"]
