@@ -307,7 +307,9 @@ def test_edit_help_lists_every_option(edit_help):
     helps = _help_by_option(edit_help)
     missing = [opt for opt in EDIT_OPTIONS if opt not in helps]
     assert missing == []
-    assert "(default: gooddrag 512, dragdiffusion 512, gooddrag-plus 512)" in helps["--resolution"]
+    assert "(default: gooddrag 512, dragdiffusion 512, gooddrag-plus 512, freedrag 512" in helps["--resolution"]
+    # a setting a method does not read shows no default for it (FreeDrag has no tracking rounds)
+    assert "gooddrag 10" in helps["--track-per-step"] and "freedrag" not in helps["--track-per-step"]
 
 
 @pytest.mark.parametrize(

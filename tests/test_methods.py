@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from gooddrag import GoodDragError
-from gooddrag.methods import aidd, config, registry
+from gooddrag.methods import config, registry
 from gooddrag.methods.base import DragHooks, DragMethod, DragOutcome, DragStats, motion_loss, track
+from gooddrag.methods.denoise import denoise_step
 
 from .helpers import POINTS, make_image, tiny_config
 
@@ -75,7 +76,7 @@ def _denoise_only(model, source, ctx) -> DragOutcome:
         for k in range(len(ctx.schedule)):
             if k == ctx.config.mutual_attention_start_step:
                 stack.enter_context(model.mutual_attention(ctx.config.mutual_attention_start_layer))
-            src, z = aidd.denoise_step(model, src, z, k, ctx, trajectory)
+            src, z = denoise_step(model, src, z, k, ctx, trajectory)
     return DragOutcome(latents=z, handles=source.handles, stats=DragStats(), trajectory=trajectory, timings={})
 
 

@@ -61,7 +61,7 @@ def test_the_page_offers_methods_each_with_the_models_own_preset(model):
     assert [label for label, _ in choices] == [presets.METHOD_LABELS[m] for m in state.PAGE_METHODS]
     family = presets.family_for(model)
     assert all(presets.family_of_preset(p) == family for _, p in choices)
-    # every method the page lists (FreeDrag, added 2026-12, is not on the page until ui/state.PAGE_METHODS lists it)
+    # every method the page lists runs its own preset
     assert {PRESETS[p].method for _, p in choices} == set(state.PAGE_METHODS) <= set(METHODS)
     assert all(p not in label for label, p in choices)  # labels, never raw preset names
     # switching model keeps the method and takes the new model's preset

@@ -756,7 +756,7 @@ def test_browser_method_list_runs_each_models_own_preset(served, tmp_path):
         for label in labels:
             page.locator("#preset input").click()
             options = [o.inner_text().replace("✓", "").strip() for o in page.get_by_role("option").all()]
-            assert options == labels, options  # three methods, no preset names (✓ marks the chosen one)
+            assert options == labels, options  # the methods, no preset names (✓ marks the chosen one)
             page.get_by_role("option", name=label, exact=True).click()
             page.wait_for_function("l => document.querySelector('#preset input').value === l", arg=label)
             before = {p.parent.name for p in results.glob("*/run.json")}

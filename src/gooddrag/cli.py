@@ -118,7 +118,8 @@ def _add_bench_shapes_parser(bench_sub: argparse._SubParsersAction) -> None:
     shapes.add_argument("--seed", type=int, default=0, help="seed the cases are drawn from (default: %(default)s)")
     shapes.add_argument("--method", default=",".join(("gooddrag", "gooddrag-plus", "dragdiffusion", "identity",
                                                       "autoencoder")),
-                        help="comma-separated methods: gooddrag, gooddrag-plus, dragdiffusion, and the reference "
+                        help="comma-separated methods: any method with a shapes-64 preset (gooddrag, "
+                             "gooddrag-plus, and the baselines dragdiffusion, freedrag, ...), and the reference "
                              "rows identity (the input) and autoencoder (the answer through the model's VAE) "
                              "(default: %(default)s)")
     shapes.add_argument("--out", default="results/bench-shapes", help="output folder (default: %(default)s)")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import tempfile
 import time
@@ -50,8 +51,9 @@ from .estimate_models import HOST_STAND_IN, build_fake_pipeline, fake_mode, is_f
 
 logger = logging.getLogger(__name__)
 
-PHASES = ("prepare", "lora", "inversion", "drag", "denoise", "decode")
-"""``prepare``: the inputs' check and the prompt's encoding; ``lora``: training (with the VAE
+PHASES = ("other", "lora", "inversion", "drag", "denoise", "decode")
+"""``other``: what runs outside the named phases (the inputs' check, the prompt's encoding, the
+LoRA's removal after the method, the result); ``lora``: training (with the VAE
 encode it needs) and fusing; ``inversion``: VAE encode and DDIM inversion; ``drag``: the reference
 trajectory and the drag timesteps (optimiser steps, tracking); ``denoise``: the batched DDIM steps;
 ``decode``: the VAE decode."""
@@ -87,7 +89,7 @@ class Schedule:
         return [1.0] + [float(values[t]) for t in COST_TERMS[phase]]
 
 
-COST_TERMS = {"prepare": (), "lora": ("L",), "inversion": ("I",), "drag": ("T", "TR", "TRS"),
+COST_TERMS = {"other": (), "lora": ("L",), "inversion": ("I",), "drag": ("T", "TR", "TRS"),
               "denoise": ("T", "I"), "decode": ()}
 """What each phase's operators and FLOPs are linear in (besides a constant)."""
 MEMORY_GROWTH = {"lora": "L", "drag": "T", "denoise": "T"}
@@ -95,9 +97,10 @@ MEMORY_GROWTH = {"lora": "L", "drag": "T", "denoise": "T"}
 before the loop; the reference trajectory: one set a drag timestep, kept to the end)."""
 GROWTH_MEASURED = {"L": ("lora", (0, 1)), "T": ("denoise", (0, 2))}
 """Where each growth is measured: the phase, and the two runs (indices into :data:`RUNS`) that
-differ in that count only as far as memory goes; the bytes live at the phase's first UNet call
-(the LoRA's first step; the first batched DDIM step, after the reference trajectory) differ by the
-growth alone, where the peaks also differ by what a first step lacks (Adam's state)."""
+differ in that count only as far as memory goes; what the phase added to the live bytes by its
+first UNet call (the LoRA's first step; the first batched DDIM step, after the reference
+trajectory) differs by the growth alone, where the peaks also differ by what a first step lacks
+(Adam's state)."""
 RUNS = (Schedule(1, 1, 1, 1, 1), Schedule(2, 2, 1, 1, 2), Schedule(1, 2, 2, 1, 1), Schedule(1, 1, 1, 2, 1))
 """The short schedules run: each count takes two values, and each phase's terms are independent
 over the runs that inform it. Runs 3 and 4 train no LoRA (run 1's is in the cache)."""
@@ -180,6 +183,7 @@ def run_once(pipe: DragPipeline, config: DragConfig, cache: Path, on_call: Calla
             on_call()
 
     hook = pipe.unet.register_forward_pre_hook(called)
+    gc.collect()  # what earlier runs left in reference cycles goes now, not at some point inside this one
     try:
         with counters:
             counters.track_existing(device_tensors(pipe))
@@ -228,10 +232,11 @@ def _peak(phase: str, runs: list[dict[str, PhaseFigures]], informing: list[int],
 def growth(runs: list[dict[str, PhaseFigures]], count: str) -> float:
     """Device bytes that stay live per unit of ``count`` (:data:`GROWTH_MEASURED`), at least 0."""
     phase, (lo, hi) = GROWTH_MEASURED[count]
-    a, b = runs[lo][phase].first_call_bytes, runs[hi][phase].first_call_bytes
-    if a is None or b is None:
+    a, b = runs[lo][phase], runs[hi][phase]
+    if a.first_call_bytes is None or b.first_call_bytes is None:
         return 0.0
-    return max(0.0, (b - a) / (getattr(RUNS[hi], count) - getattr(RUNS[lo], count)))
+    grown = (b.first_call_bytes - b.start_bytes) - (a.first_call_bytes - a.start_bytes)
+    return max(0.0, grown / (getattr(RUNS[hi], count) - getattr(RUNS[lo], count)))
 
 
 def micro_batches(pipe: DragPipeline, config: DragConfig) -> int:

@@ -133,7 +133,8 @@ def add_method_options(p: argparse.ArgumentParser, lora_file: bool = True) -> No
                         "(default: the method's name; shapes-<method> with --model shapes-64; <method>-sdxl "
                         "for a model whose configs say SDXL)")
     for flag, name, typ, text in METHOD_SETTINGS:
-        values = ", ".join(f"{m} {getattr(PRESETS[m], name)}" for m in METHODS)
+        values = ", ".join(f"{m} {getattr(PRESETS[m], name)}" for m in METHODS
+                           if name not in getattr(PRESETS[m], "UNUSED", ()))
         g.add_argument(flag, dest=name, type=typ, default=None, help=f"{text} (default: {values})")
     g.add_argument("--seed", type=int, default=PRESETS["gooddrag"].seed,
                    help="seed of the LoRA's noise and timesteps (default: %(default)s)")

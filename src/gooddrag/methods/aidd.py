@@ -35,6 +35,7 @@ from .base import (
     StepEvent,
 )
 from .config import DragConfig
+from .denoise import denoise_step
 
 
 @dataclass
@@ -215,27 +216,6 @@ def drag_at_timestep(model: DenoisingModel, z: torch.Tensor, k: int, ref: Timest
     return z.detach()
 
 
-def denoise_step(model: DenoisingModel, src: torch.Tensor, z: torch.Tensor, k: int, ctx: DragContext,
-                 trajectory: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DDIM step of both branches in one batch ([source, edited]); keeps the edit's predicted
-    clean latent for the trajectory and the step callback."""
-    schedule, pt = ctx.schedule, model.prediction_type
-    a, a_prev = schedule.alphas[k], schedule.alphas_prev[k]
-    with torch.no_grad():
-        both = torch.cat([src, z])  # (2, c, h, w): [source, edited]
-        eps = model.model_output(both, schedule.timesteps[k], ctx.cond)
-        src, z = ddim_step(both, eps, a, a_prev, pt).chunk(2)
-        keep = ctx.keep_trajectory and k < ctx.config.drag_end_step
-        if keep or ctx.callback is not None:
-            one = torch.ones((), device=model.device)  # alpha_prod of a clean latent
-            x0 = ddim_step(both[1:], eps[1:], a, one, pt)  # predicted clean latent of the edit
-            if keep:
-                trajectory.append(x0)
-            if ctx.callback is not None:
-                ctx.callback(StepEvent("denoise", k + 1, len(schedule), latents=x0, timestep=k))
-    return src, z
-
-
 def drag_phase_over(k: int, state: AIDDState, config: DragConfig) -> bool:
     """The authors' outer test (GoodDrag pipeline.py ``good_drag``): drag while within
     ``drag_end_step``, not stopped, and the no-change count (which carries over between
@@ -299,6 +279,6 @@ def drag_and_denoise(model: DenoisingModel, source: DragSource, ctx: DragContext
 
 __all__ = [
     "TimestepReference", "AIDDState", "RoundCounter", "reference_trajectory", "no_change_exhausted", "track",
-    "should_stop", "optimiser_step", "close_round", "drag_at_timestep", "denoise_step", "drag_phase_over",
+    "should_stop", "optimiser_step", "close_round", "drag_at_timestep", "drag_phase_over",
     "denoise_with_drag", "drag_and_denoise",
 ]

@@ -87,6 +87,10 @@ class PreparedInputs:
     handle_points: torch.Tensor  # (N, 2) (row, col) supervision cells
     target_points: torch.Tensor  # (N, 2) (row, col) supervision cells
     mask: torch.Tensor  # (1, 1, h_lat, w_lat) float, 1 = editable
+    mask_given: bool = True
+    """False when the caller gave no mask (``mask`` is then all ones: everything may change)."""
+    sup_mask: torch.Tensor | None = None
+    """(1, 1, h_sup, w_sup) float 0/1 on the supervision grid, the step before ``mask`` (FastDrag resizes it bilinearly)."""
 
 
 # ------------------------------------------------------------------------------------------ hooks
@@ -160,8 +164,9 @@ class DragHooks:
     reached, moved), its drag-loss threshold test (a scalar, only when ``drag_loss_threshold`` > 0)
     and the LoRA's per-step losses at the end of its training ((steps,) fp32); ``gooddrag bench
     estimate`` answers them with stand-in values (its tensors have shapes, not values).
-    GoodDrag and DragDiffusion use ``track`` and ``motion_loss``; FreeDrag only ``line_search``,
-    ``pixels`` and ``phase``.
+    GoodDrag, DragDiffusion and DragNoise use ``track`` and ``motion_loss``; FreeDrag only
+    ``line_search``, ``pixels`` and ``phase``. DragNoise's stop decision after each tracking ((1,)
+    bool: reached) also goes through ``host_read``.
     """
 
     track: Tracker = track
@@ -191,6 +196,16 @@ class DenoisingModel(Protocol):
     def mutual_attention(self, start_layer: int) -> AbstractContextManager:
         """From here on, the edited half of each batch attends to the source half (layers >= ``start_layer``)."""
 
+    def block_output_override(self, block: int, value: torch.Tensor) -> AbstractContextManager:
+        """While entered, decoder block ``block``'s output (index as in :meth:`feature_hook`; 0 is the
+        mid block, the UNet's bottleneck) is ``value`` (B, C, h, w) fp32 in every forward pass, cast
+        to the UNet's dtype, differentiably: gradients of the model output and of later blocks'
+        features reach ``value`` (DragNoise optimises the bottleneck this way)."""
+
+    def self_attention_cache(self, start_layer: int) -> Any:
+        """A :class:`gooddrag.models.attention.SelfAttentionCache` of self-attention layers >= ``start_layer``
+        (-1: the decoder's first): ``record()`` and ``replay()`` context managers, keyed by timestep."""
+
 
 @dataclass(frozen=True)
 class DragContext:
@@ -215,6 +230,8 @@ class DragSource:
 
     latents: torch.Tensor
     handles: torch.Tensor
+    extras: Any = None
+    """What the method's :attr:`DragMethod.inversion_context` yielded around the inversion (None without one)."""
 
 
 @dataclass
@@ -247,6 +264,12 @@ for people are :data:`gooddrag.methods.presets.METHOD_LABELS`)."""
     """True: does what its authors' code does (a parity run shows it); False: ours (docs/method.md)."""
     backbones: tuple[str, ...] = ("sd", "sdxl")
     """Backbone kinds (``gooddrag.models.backbone``) it runs on."""
+    check_inputs: Callable[[PreparedInputs, DragConfig], None] | None = None
+    """Refuses inputs the method cannot work with (raise InputsCannotWorkError); the pipeline calls it at
+    the end of its own input check, before any work."""
+    inversion_context: Callable[[DenoisingModel, DragConfig], AbstractContextManager] | None = None
+    """A context manager the pipeline enters around the DDIM inversion of the input; what it yields
+    reaches the method as :attr:`DragSource.extras` (FastDrag records self-attention inputs there)."""
 
 
 __all__ = [

@@ -17,16 +17,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from ..core.fastdrag_warp import FILLS as FASTDRAG_FILLS
 from ..core.warp import FILLS, IMAGE_FILLS, WARP_FIELDS
 from ..errors import GoodDragError
 from ..models import sdxl
 
-METHODS = ("gooddrag", "dragdiffusion", "gooddrag-plus", "freedrag")
+METHODS = ("gooddrag", "dragdiffusion", "gooddrag-plus", "freedrag", "fastdrag", "dragnoise")
 """``gooddrag``, ``dragdiffusion`` and ``freedrag`` do what their authors' code does; ``gooddrag-plus`` is
 GoodDrag with our options below (docs/method.md, "GoodDrag+"). ``freedrag`` takes a
-:class:`FreeDragConfig` (:func:`config_class`)."""
+:class:`FreeDragConfig`, ``fastdrag`` a :class:`FastDragConfig`, ``dragnoise`` a :class:`DragNoiseConfig`
+(:func:`config_class`); ``dragnoise`` does what its authors' code does too."""
 
 
 @dataclass(frozen=True)
@@ -263,8 +265,22 @@ class FreeDragConfig(DragConfig):
     max_drag_steps: int = 300
     """Budget of Adam steps in all (``max_step``, drag_ui.py:53)."""
 
+    UNUSED: ClassVar[tuple[str, ...]] = (
+        "track_per_step", "max_drag_per_track", "max_track_no_change", "r1", "r2", "beta", "drag_loss_threshold",
+        "information_preserving", "track_at_timestep_start", "track_on_fresh_features", "warp_fill", "warp_field",
+        "image_warp_fill",
+    )
+    """DragConfig settings FreeDrag does not read: a value other than DragConfig's default is refused
+    (it would change nothing), and the command line's help does not list a FreeDrag default for them."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        defaults = {f.name: f.default for f in dataclasses.fields(DragConfig)}
+        for name in self.UNUSED:
+            if getattr(self, name) != defaults[name]:
+                raise GoodDragError(
+                    f"{name} is not a FreeDrag setting (it would change nothing); FreeDrag's own: l_expected, "
+                    "d_max, window_radius, search_points, steps_per_search, max_drag_steps")
         checks = {
             "drag_end_step": self.drag_end_step == 1,  # one drag timestep
             "l_expected": self.l_expected > 0,
@@ -283,7 +299,164 @@ class FreeDragConfig(DragConfig):
                 raise GoodDragError(f"invalid setting {name}={getattr(self, name)!r} for method freedrag")
 
 
-CONFIG_CLASSES: dict[str, type[DragConfig]] = {"freedrag": FreeDragConfig}
+@dataclass(frozen=True)
+class FastDragConfig(DragConfig):
+    """FastDrag's settings (Zhao et al., NeurIPS 2024; docs/method.md, "FastDrag"). Sources below are in
+    XuanjiaZ/FastDrag (snapshot def3c4e): ``drag_ui.py`` (the UI's values),
+    ``drag_bench_evaluation/run_fast_drag.py`` (the benchmark's), ``utils/ui_utils.py`` (``run_drag``, task
+    "continuous drag") and ``utils/continuous_drag.py`` (the warp).
+
+    No optimisation: one warp of the inverted latent inside the mask, then DDIM steps with the
+    inversion's self-attention keys and values replayed. Of the inherited fields FastDrag reads the
+    LoRA ones (0 steps: no LoRA), ``num_inference_steps``, ``inversion_strength``, ``sup_res_scale``,
+    ``resolution`` and ``drag_end_step`` (1: the warp's timestep, for the trajectory); the drag loop's
+    are not used and keep DragConfig's defaults."""
+
+    method: str = "fastdrag"
+    lora_steps: int = 0
+    """No LoRA for continuous drag: ``use_lora = 0`` (ui_utils.py:369-370); the UI's "not use"
+    (drag_ui.py:79); the benchmark's "default" keeps 0 (run_fast_drag.py:137)."""
+    num_inference_steps: int = 10
+    """drag_ui.py:61; run_fast_drag.py:60."""
+    inversion_strength: float = 0.7
+    """drag_ui.py:89; run_fast_drag.py:56: round(0.7 x 10) = 7 steps (ui_utils.py:287-288); the warp is at
+    ``timesteps[10 - 7]`` (ui_utils.py:450)."""
+    drag_end_step: int = 1
+    """The one timestep the edit happens at (the warp's): must be 1."""
+
+    fastdrag_fill: str = "interpolation"
+    """What the masked cells the warp leaves empty get (:data:`gooddrag.core.fastdrag_warp.FILLS`;
+    ``fill_mode``, drag_ui.py:66; continuous_drag.py:127-134, :213-214)."""
+    kv_copy: bool = True
+    """Replay the inversion's self-attention keys and values while denoising (``use_kv_copy = 1``,
+    ui_utils.py:372; drag_pipeline.py:493; unet_drag/attention_processor.py:1261-1278)."""
+    kv_start_layer: int = -1
+    """First self-attention layer (counted down, mid, up) whose keys and values are cached; -1: the
+    decoder's first, from the UNet's layout (:func:`gooddrag.models.attention.decoder_self_attention_start`;
+    their ``updown == 'up'`` layers, unet_2d_blocks.py:2277, attention.py:173: 7 on SD1.5)."""
+
+    UNUSED: ClassVar[tuple[str, ...]] = (
+        "track_per_step", "max_drag_per_track", "max_track_no_change", "r1", "r2", "beta", "lr", "lam",
+        "stop_distance", "drag_loss_threshold", "information_preserving", "track_at_timestep_start",
+        "track_on_fresh_features", "warp_fill", "warp_field", "image_warp_fill", "mutual_attention_while_dragging",
+        "mutual_attention_start_step",
+    )
+    """DragConfig settings FastDrag does not read: a value other than DragConfig's default is refused."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        defaults = {f.name: f.default for f in dataclasses.fields(DragConfig)}
+        for name in self.UNUSED:
+            if getattr(self, name) != defaults[name]:
+                raise GoodDragError(f"{name} is not a FastDrag setting (it would change nothing); FastDrag's "
+                                    "own: fastdrag_fill, kv_copy, kv_start_layer")
+        checks = {
+            "drag_end_step": self.drag_end_step == 1,
+            "fastdrag_fill": self.fastdrag_fill in FASTDRAG_FILLS,
+            "kv_start_layer": self.kv_start_layer >= -1,
+            "image_warp": not self.image_warp,
+            "latent_warp": not self.latent_warp,
+            "subpixel_tracking": not self.subpixel_tracking,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise GoodDragError(f"invalid setting {name}={getattr(self, name)!r} for method fastdrag")
+
+
+@dataclass(frozen=True)
+class DragNoiseConfig(DragConfig):
+    """DragNoise's settings (Liu et al., CVPR 2024; docs/method.md, "DragNoise"). Sources below are in
+    haofengl/DragNoise (snapshot 1072731): ``drag_bench_evaluation/run_drag_diffusion.py`` and
+    ``run_lora_training.py`` (the benchmark's values: the preset's), ``drag_ui.py`` (the UI's),
+    ``utils/drag_utils.py`` (``drag_diffusion_update``), ``utils/ui_utils.py`` (``run_drag``) and
+    ``drag_pipeline.py`` (the UNet forward and the sampling).
+
+    DragNoise is DragDiffusion's drag loop (one timestep; per optimiser step one forward pass, a
+    tracking on its fresh features from the second step on, the stop test, one Adam step) with the
+    UNet's bottleneck, the mid block's output, optimised instead of the latent, and the optimised
+    bottleneck put in place of the UNet's own while denoising. Of the inherited fields it reads the
+    LoRA ones, ``num_inference_steps``, ``inversion_strength``, ``feature_block``, ``sup_res_scale``,
+    ``track_per_step`` (its budget of optimiser steps), ``lr``, ``lam``, ``r1``, ``r2``, ``beta``,
+    ``stop_distance`` and ``information_preserving`` (False: DragDiffusion's loss, theirs); the others
+    are :attr:`UNUSED`. Distances are in supervision-grid cells."""
+
+    method: str = "dragnoise"
+    lora_steps: int = 200
+    """The benchmark's LoRA script (run_lora_training.py:84-87: 200 steps; the drag loads the step-200
+    checkpoint, run_drag_diffusion.py:249); the UI trains 60 (drag_ui.py:81)."""
+    lora_lr: float = 2e-4
+    """run_lora_training.py:87 (UI: 5e-4, drag_ui.py:82)."""
+    lora_batch_size: int = 1
+    """The benchmark's call leaves out ``lora_batch_size`` (run_lora_training.py:84-87), a required
+    argument of the shipped ``train_lora`` (utils/lora_utils.py:116), so it fails as shipped; it runs
+    with the default the signature has commented out, ``lora_batch_size=1`` (lora_utils.py:119, not
+    in DragDiffusion's copy), which we take. The UI trains with 4 (drag_ui.py:83). Rank 16
+    (run_lora_training.py:87, drag_ui.py:84) is DragConfig's default."""
+    inversion_strength: float = 0.7
+    """run_drag_diffusion.py:257 (UI: drag_ui.py:55): round(0.7 x 50) = 35 of 50 steps
+    (run_drag_diffusion.py:94-95)."""
+    drag_end_step: int = 1
+    """One drag timestep, ``timesteps[50 - 35]`` (run_drag_diffusion.py:156): must be 1."""
+    track_per_step: int = 80
+    """Optimiser steps, each with its own forward pass and, from the second on, a tracking first
+    (``n_pix_step``: run_drag_diffusion.py:261; UI 60, drag_ui.py:52; drag_utils.py:107-124)."""
+    lr: float = 0.02
+    """Adam on the bottleneck (``latent_lr``: run_drag_diffusion.py:260; UI 0.01, drag_ui.py:58;
+    drag_utils.py:86-87)."""
+    r1: int = 1
+    """Motion patch radius ``r_m`` (run_drag_diffusion.py:100; ui_utils.py:209)."""
+    r2: int = 3
+    """Tracking radius ``r_p`` (run_drag_diffusion.py:101; ui_utils.py:210)."""
+    beta: float = 1.0
+    """A unit step towards the target (drag_utils.py:137)."""
+    lam: float = 0.2
+    """run_drag_diffusion.py:259 (UI 0.1, drag_ui.py:57); weighs the SUM of
+    ``|x_{t-1}(h) - x_{t-1}^orig| (1 - mask)`` (drag_utils.py:145), always on."""
+    information_preserving: bool = False
+    """DragDiffusion's motion term: the patch at the CURRENT handle, detached (drag_utils.py:139-142)."""
+
+    propagation_end_step: int = 0
+    """The last this-many denoising steps run with the UNet's own bottleneck; every step before them
+    has the optimised one (``end_step``: run_drag_diffusion.py:258 and drag_ui.py:56, both 0;
+    drag_pipeline.py:457-468). Their UI's guideline suggests 10 for more detail (drag_ui.py:95)."""
+    background_without_mask: bool = True
+    """With no mask given: True (their code, whose mask is then all zeros, ui_utils.py:242-245) the
+    background term holds the whole image (drag_utils.py:92, :145); False: it holds nothing (our
+    no-mask convention, everything may change)."""
+
+    UNUSED: ClassVar[tuple[str, ...]] = (
+        "max_drag_per_track", "max_track_no_change", "drag_loss_threshold", "track_at_timestep_start",
+        "track_on_fresh_features", "mutual_attention_start_layer", "mutual_attention_while_dragging",
+        "mutual_attention_start_step", "warp_fill", "warp_field", "image_warp_fill",
+    )
+    """DragConfig settings DragNoise does not read (its loop is DragDiffusion's: one optimiser step per
+    tracking, on fresh features; no mutual self-attention): a value other than DragConfig's default is
+    refused (it would change nothing)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        defaults = {f.name: f.default for f in dataclasses.fields(DragConfig)}
+        for name in self.UNUSED:
+            if getattr(self, name) != defaults[name]:
+                raise GoodDragError(f"{name} is not a DragNoise setting (it would change nothing); DragNoise's "
+                                    "own: propagation_end_step, background_without_mask")
+        checks = {
+            "drag_end_step": self.drag_end_step == 1,  # one drag timestep
+            "propagation_end_step": 0 <= self.propagation_end_step <= self.inversion_steps,
+            # the features must come after the bottleneck, which the drag replaces
+            "feature_block": self.feature_block >= 1,
+            # the GoodDrag+ starts and tracking are not DragNoise's
+            "image_warp": not self.image_warp,
+            "latent_warp": not self.latent_warp,
+            "subpixel_tracking": not self.subpixel_tracking,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise GoodDragError(f"invalid setting {name}={getattr(self, name)!r} for method dragnoise")
+
+
+CONFIG_CLASSES: dict[str, type[DragConfig]] = {"freedrag": FreeDragConfig, "fastdrag": FastDragConfig,
+                                               "dragnoise": DragNoiseConfig}
 """Methods whose settings are a subclass of :class:`DragConfig`; every other method takes DragConfig."""
 
 
@@ -358,6 +531,24 @@ PRESETS["shapes-dragdiffusion"] = dataclasses.replace(PRESETS["dragdiffusion"], 
 PRESETS["freedrag"] = FreeDragConfig()
 PRESETS["shapes-freedrag"] = dataclasses.replace(PRESETS["freedrag"], **_SHAPES_SPATIAL)
 
+# DragNoise: the benchmark's values of the authors' code (DragNoiseConfig's defaults name file:line; why
+# the benchmark's and not the UI's: docs/method.md, "DragNoise"). Its shapes-64 preset translates the
+# spatial settings as shapes-dragdiffusion does (r1 1, r2 3, beta 1 keep their size in feature cells),
+# without the mutual-attention layer, which DragNoise does not read; the bottleneck is the mid block's
+# output on any UNet. Nothing tuned on shapes-64.
+_SHAPES_DRAGNOISE = {k: v for k, v in _SHAPES_SPATIAL.items() if k not in DragNoiseConfig.UNUSED}
+PRESETS["dragnoise"] = DragNoiseConfig()
+PRESETS["shapes-dragnoise"] = dataclasses.replace(PRESETS["dragnoise"], **_SHAPES_DRAGNOISE)
+
+# FastDrag: its UI and benchmark values (FastDragConfig's defaults name file:line). Their UNet is the
+# LCM-distilled one of SimianLuo/LCM_Dreamshaper_v7 (ui_utils.py:248-256), sampled with plain DDIM; the
+# preset runs whatever UNet the model has, which on SD1.5 is their own non-LCM path (``use_lcm_unet=False``,
+# ui_utils.py:257-263: SD1.5's UNet, the same 10-step DDIM). Its shapes-64 preset: the model's size and
+# grid (sup_res_scale 1: 4 supervision cells per latent cell, as SD's 0.5 gives); the cached layers
+# come from the UNet (its decoder's 4 of 7); nothing tuned.
+PRESETS["fastdrag"] = FastDragConfig()
+PRESETS["shapes-fastdrag"] = dataclasses.replace(PRESETS["fastdrag"], resolution=64, sup_res_scale=1.0)
+
 # GoodDrag+ (ours): each faithful GoodDrag preset with the options of docs/method.md's "GoodDrag+"
 # on; the values were chosen on the shapes benchmark's tuning seeds 100 and 200 (docs/benchmarks.md,
 # "GoodDrag+"), never on the reported seeds 0 and 1.
@@ -401,6 +592,13 @@ PRESETS["gooddrag-plus-sdxl-768"] = dataclasses.replace(
 PRESETS["freedrag-sdxl"] = dataclasses.replace(PRESETS["freedrag"], resolution=sdxl.SDXL_RESOLUTION, **_SDXL_SPATIAL)
 PRESETS["freedrag-sdxl-768"] = dataclasses.replace(
     PRESETS["freedrag"], resolution=sdxl.SDXL_LIGHT_RESOLUTION, **_SDXL_SPATIAL)
+# DragNoise on SDXL is ours: the authors' code runs SD1.5 only (drag_ui.py:67-71; its UNet forward,
+# drag_pipeline.py:14-222, has no SDXL conditioning); these are the SD preset with SDXL's size and
+# feature block, nothing tuned. The bottleneck is SDXL's mid block (1/4 of the latent's side, SD1.5's 1/8).
+PRESETS["dragnoise-sdxl"] = dataclasses.replace(
+    PRESETS["dragnoise"], resolution=sdxl.SDXL_RESOLUTION, feature_block=sdxl.SDXL_FEATURE_BLOCK)
+PRESETS["dragnoise-sdxl-768"] = dataclasses.replace(
+    PRESETS["dragnoise"], resolution=sdxl.SDXL_LIGHT_RESOLUTION, feature_block=sdxl.SDXL_FEATURE_BLOCK)
 
 
 def get_preset(name: str, **overrides: Any) -> DragConfig:
@@ -415,4 +613,4 @@ def get_preset(name: str, **overrides: Any) -> DragConfig:
     return dataclasses.replace(base, **overrides)
 
 
-__all__ = ["DragConfig", "FreeDragConfig", "CONFIG_CLASSES", "config_class", "PRESETS", "METHODS", "get_preset"]
+__all__ = ["DragConfig", "FreeDragConfig", "FastDragConfig", "DragNoiseConfig", "CONFIG_CLASSES", "config_class", "PRESETS", "METHODS", "get_preset"]

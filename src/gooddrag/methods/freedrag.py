@@ -47,6 +47,7 @@ from .base import (
     StepEvent,
 )
 from .config import DragConfig
+from .denoise import denoise_step
 
 logger = logging.getLogger(__name__)
 
@@ -284,25 +285,6 @@ def drag(model: DenoisingModel, source: DragSource, ctx: DragContext,
 
 
 # ---------------------------------------------------------------------------------- denoising
-def denoise_step(model: DenoisingModel, src: torch.Tensor, z: torch.Tensor, k: int, ctx: DragContext,
-                 trajectory: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DDIM step of the (2, c, h, w) batch [source, edited]; the edit's predicted clean latent
-    goes to the trajectory (drag timestep only) and the step callback."""
-    schedule, pt = ctx.schedule, model.prediction_type
-    with torch.no_grad():
-        both = torch.cat([src, z])
-        eps = model.model_output(both, schedule.timesteps[k], ctx.cond)
-        src, z = ddim_step(both, eps, schedule.alphas[k], schedule.alphas_prev[k], pt).chunk(2)
-        keep = ctx.keep_trajectory and k == 0
-        if keep or ctx.callback is not None:
-            x0 = ddim_step(both[1:], eps[1:], schedule.alphas[k], torch.ones((), device=z.device), pt)
-            if keep:
-                trajectory.append(x0)
-            if ctx.callback is not None:
-                ctx.callback(StepEvent("denoise", k + 1, len(schedule), latents=x0, timestep=k))
-    return src, z
-
-
 def denoise(model: DenoisingModel, src: torch.Tensor, z: torch.Tensor,
             ctx: DragContext) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Every denoising step from the drag timestep on; mutual self-attention from step
@@ -339,5 +321,5 @@ def run(model: DenoisingModel, source: DragSource, ctx: DragContext) -> DragOutc
 __all__ = [
     "MATCHED", "read_windows", "pair_losses", "background_mean", "search_fractions", "toward", "segment",
     "candidate_losses", "line_search", "pairs_done", "update_templates", "FreeDragState", "start_state",
-    "optimiser_step", "search_steps", "close_round", "drag_round", "drag", "denoise_step", "denoise", "run",
+    "optimiser_step", "search_steps", "close_round", "drag_round", "drag", "denoise", "run",
 ]

@@ -36,8 +36,8 @@ from ..core.clock import PhaseClock
 from ..core.ddim import DDIMSchedule, ddim_step, make_schedule
 from ..errors import NO_MASK_WARNING, GoodDragError, InputsCannotWorkError
 from ..models import backbone, lora
-from ..models.attention import mutual_self_attention
-from ..models.features import FeatureHook
+from ..models.attention import SelfAttentionCache, decoder_self_attention_start, mutual_self_attention
+from ..models.features import BlockOverride, FeatureHook
 from ..models.loading import (
     DEFAULT_MODEL,
     ModelSource,
@@ -234,13 +234,14 @@ class DragPipeline:
             mask_t = torch.as_tensor(mask_arr, dtype=torch.float32)
         # input -> supervision grid -> latent, nearest each time, as both authors' codes
         # resize it (GoodDrag pipeline.py ``prepare_mask`` and ``good_drag``)
-        latent_mask = geometry.resize_mask(geometry.resize_mask(mask_t, sup), latent)
+        sup_mask = geometry.resize_mask(mask_t, sup)
+        latent_mask = geometry.resize_mask(sup_mask, latent)
         if not bool(latent_mask.any()):  # a thin mask that no latent cell keeps (host read, once)
             raise InputsCannotWorkError(
                 f"the mask keeps no cell of the model's {latent[1]}x{latent[0]} latent grid "
                 f"({self.vae_scale_factor} px per cell at {working[1]}x{working[0]}): paint a wider region"
             )
-        return PreparedInputs(
+        prepared = PreparedInputs(
             image=image,
             working_image=image.resize((working[1], working[0]), Image.LANCZOS),
             input_size=(H, W),
@@ -252,7 +253,13 @@ class DragPipeline:
             handle_points=to_grid(handles),
             target_points=to_grid(targets),
             mask=latent_mask.to(self.device),
+            mask_given=mask is not None,
+            sup_mask=sup_mask.to(self.device),
         )
+        method = get_method(config.method)
+        if method.check_inputs is not None:  # the method's own refusals, before any work
+            method.check_inputs(prepared, config)
+        return prepared
 
     # ------------------------------------------------------------ 2. prompt
     def encode_prompt(self, prompt: str, size_hw: tuple[int, int] | None = None) -> backbone.Conditioning:
@@ -373,6 +380,18 @@ class DragPipeline:
         """Mutual self-attention from self-attention layer ``start_layer`` on (:mod:`gooddrag.models.attention`)."""
         return mutual_self_attention(self.unet, start_layer)
 
+    def block_output_override(self, block: int, value: torch.Tensor) -> BlockOverride:
+        """Replace decoder block ``block``'s output ([mid_block, *up_blocks]) by ``value`` while entered
+        (a forward hook returning it in the UNet's dtype; :class:`gooddrag.models.features.BlockOverride`)."""
+        return BlockOverride(self.unet, block, value)
+
+    def self_attention_cache(self, start_layer: int) -> SelfAttentionCache:
+        """Record/replay of self-attention layers ``start_layer..`` (-1: the decoder's first) by timestep
+        (:class:`gooddrag.models.attention.SelfAttentionCache`; FastDrag's K/V copy)."""
+        if start_layer < 0:
+            start_layer = decoder_self_attention_start(self.unet)
+        return SelfAttentionCache(self.unet, start_layer)
+
     # ------------------------------------------------------------ 5. invert
     @torch.no_grad()
     def invert(
@@ -479,9 +498,12 @@ class DragPipeline:
             mark = clock.add("lora", mark)
             # 4. encode image, 5. invert (and GoodDrag+'s warped start)
             with self.hooks.phase("inversion"):
-                inverted = self.invert(self.encode_image(inputs.working_image), cond, schedule,
-                                       progress=progress, callback=callback)
+                recording = get_method(config.method).inversion_context
+                with recording(self, config) if recording else contextlib.nullcontext() as extras:
+                    inverted = self.invert(self.encode_image(inputs.working_image), cond, schedule,
+                                           progress=progress, callback=callback)
                 source = self.drag_source(inverted, inputs, cond, schedule, config)
+                source.extras = extras
             mark = clock.add("inversion", mark)
             # 6. drag and denoise (the method)
             with self.hooks.phase("denoise"):  # the drag timesteps inside mark "drag"

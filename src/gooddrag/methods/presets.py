@@ -37,6 +37,12 @@ PRESET_NAMES: dict[tuple[str, str], str] = {
     ("freedrag", "sdxl"): "freedrag-sdxl",
     ("freedrag", "sdxl-768"): "freedrag-sdxl-768",
     ("freedrag", "shapes"): "shapes-freedrag",
+    ("fastdrag", "sd"): "fastdrag",
+    ("fastdrag", "shapes"): "shapes-fastdrag",
+    ("dragnoise", "sd"): "dragnoise",
+    ("dragnoise", "sdxl"): "dragnoise-sdxl",
+    ("dragnoise", "sdxl-768"): "dragnoise-sdxl-768",
+    ("dragnoise", "shapes"): "shapes-dragnoise",
 }
 """(method, family) -> preset name: every preset of ``config.PRESETS`` once (a test checks it)."""
 FAMILY_OF_PRESET = {name: family for (_, family), name in PRESET_NAMES.items()}
@@ -46,6 +52,8 @@ METHOD_LABELS = {
     "gooddrag-plus": "GoodDrag+ (ours: image warp, sub-pixel tracking)",
     "dragdiffusion": "DragDiffusion",
     "freedrag": "FreeDrag",
+    "fastdrag": "FastDrag (one latent warp)",
+    "dragnoise": "DragNoise",
 }
 """What the web UI and messages call each method."""
 FAMILY_LABELS = {

@@ -7,7 +7,7 @@ plus an entry here, and its presets in :mod:`gooddrag.methods.config` / :mod:`go
 from __future__ import annotations
 
 from ..errors import GoodDragError
-from . import aidd, freedrag
+from . import aidd, dragnoise, fastdrag, freedrag
 from .base import DragMethod
 
 METHODS: dict[str, DragMethod] = {
@@ -15,11 +15,18 @@ METHODS: dict[str, DragMethod] = {
     "dragdiffusion": DragMethod("dragdiffusion", aidd.drag_and_denoise),
     "gooddrag-plus": DragMethod("gooddrag-plus", aidd.drag_and_denoise, faithful=False),
     "freedrag": DragMethod("freedrag", freedrag.run, backbones=("sd", "sdxl")),
+    "fastdrag": DragMethod("fastdrag", fastdrag.run, backbones=("sd",), check_inputs=fastdrag.check_inputs,
+                           inversion_context=fastdrag.inversion_context),
+    "dragnoise": DragMethod("dragnoise", dragnoise.run, backbones=("sd", "sdxl")),
 }
 """``gooddrag`` (AIDD, Eq. 8), ``dragdiffusion`` (one timestep, Eq. 4) and ``freedrag`` (templates and a
 line search, :mod:`gooddrag.methods.freedrag`) do what their authors' code does; ``gooddrag-plus`` is
 AIDD with our options (docs/method.md, "GoodDrag+"). FreeDrag's authors ran SD1.5 only; on SDXL it is
-ours (presets ``freedrag-sdxl*``)."""
+ours (presets ``freedrag-sdxl*``). ``fastdrag`` (one latent warp, the inversion's keys and values replayed,
+:mod:`gooddrag.methods.fastdrag`) runs SD only, as its authors' code does; with the model's own UNet
+where theirs swaps in an LCM-distilled one (docs/method.md, "FastDrag"). ``dragnoise`` (the UNet's
+bottleneck optimised and fed to the denoising, :mod:`gooddrag.methods.dragnoise`) does what its
+authors' code does; they ran SD1.5 only, so on SDXL it is ours (presets ``dragnoise-sdxl*``)."""
 
 
 def get_method(name: str) -> DragMethod:

@@ -32,10 +32,11 @@ from .scenes import ALL_KINDS, DragCase, make_case, make_deformation_case
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = SHAPES_MODEL
-BENCH_METHODS = ("gooddrag", "dragdiffusion", "gooddrag-plus", "identity", "autoencoder")
 REFERENCE_METHODS = ("identity", "autoencoder")
 """Reference rows: the input unchanged (what doing nothing scores) and the exact answer passed
 through the model's own autoencoder (the best any edit by this model can score: the ceiling)."""
+BENCH_METHODS = (*(method for (method, family) in presets.PRESET_NAMES if family == "shapes"), *REFERENCE_METHODS)
+"""Every method with a shapes-64 preset (the one preset table), then the reference rows."""
 
 
 def load_shapes_pipeline(device: str = "cpu", dtype: str = "fp32", folder=None):

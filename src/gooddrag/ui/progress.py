@@ -49,6 +49,8 @@ class RunProgress:
                      "denoise": n_inv}
         self.weight = {"lora": 3 * c.lora_batch_size, "inversion": 1, "drag": 3 * c.max_drag_per_track,
                        "denoise": 2}
+        if getattr(c, "max_drag_steps", None):  # FreeDrag: its drag events count Adam steps of a budget
+            self.size["drag"], self.weight["drag"] = c.max_drag_steps, 3
 
     # -- updates
     def loading(self) -> None:
@@ -75,13 +77,16 @@ class RunProgress:
             self.stage, self.detail = max(self.stage, 2), f"DDIM inversion step {step} of {total}"
         else:
             k = getattr(ev, "timestep", None)
-            if phase == "drag":
+            if phase == "drag" and getattr(ev, "tracking", None) == "search":  # FreeDrag: Adam steps
+                self.detail = f"drag step {step} of at most {total}"
+            elif phase == "drag":
                 k = (max(step, 1) - 1) // max(1, c.track_per_step) if k is None else k
                 self.detail = f"drag at timestep {k + 1} of {c.drag_end_step}"
             else:
                 k = step - 1 if k is None else k
                 # the drag work of this and earlier timesteps is over (it may have stopped early)
-                self.done["drag"] = max(self.done["drag"], min(self.size["drag"], (k + 1) * c.track_per_step))
+                per_timestep = self.size["drag"] / max(1, c.drag_end_step)
+                self.done["drag"] = max(self.done["drag"], min(self.size["drag"], round((k + 1) * per_timestep)))
                 self.detail = f"denoise step {k + 1} of {total}"
             self.stage = max(self.stage, 3)
         self._update()
