@@ -140,15 +140,18 @@ def dn_config(**overrides) -> DragNoiseConfig:
                                        "track_per_step": 4} | overrides))
 
 
-def trace(pipe, monkeypatch, config, mask=True, **kw):
+def trace(pipe, monkeypatch, config, mask=True, values=None, **kw):
     """Run an edit; events in order: ``F`` a forward pass with gradient, ``N`` one without (``+``: with
-    the optimised bottleneck in place), ``S`` an optimiser step, ``T`` a tracking (its StepEvent)."""
+    the optimised bottleneck in place), ``S`` an optimiser step, ``T`` a tracking (its StepEvent).
+    ``values``: a list that gets a copy of the bottleneck at each entry of the override."""
     events, drags, on = [], [], [False]
     override = pipe.block_output_override
 
     @contextlib.contextmanager
     def watched(block, value):
         assert block == dragnoise.BOTTLENECK
+        if values is not None:
+            values.append(value.detach().clone())
         with override(block, value):
             on[0] = True
             try:
@@ -180,7 +183,8 @@ def test_a_drag_on_the_tiny_model_counted(tiny_pipe, monkeypatch):
     # their loop: per step a pass with the bottleneck replaced, a tracking from the second step on,
     # one Adam step; then every denoising step with it but the last propagation_end_step (3)
     cfg = dn_config(propagation_end_step=3)
-    events, drags, res = trace(tiny_pipe, monkeypatch, cfg, return_trajectory=True)
+    values = []
+    events, drags, res = trace(tiny_pipe, monkeypatch, cfg, values=values, return_trajectory=True)
     n = cfg.inversion_steps
     assert events == ["N"] * n + ["N"] + ["F+", "S"] + ["F+", "T", "S"] * 3 + ["N+"] * 4 + ["N"] * 3
     s = res.stats
@@ -188,6 +192,10 @@ def test_a_drag_on_the_tiny_model_counted(tiny_pipe, monkeypatch):
     assert [(e.step, e.total, e.tracking, e.timestep) for e in drags] == [(i, 4, "round", 0) for i in (1, 2, 3)]
     assert res.handle_points.tolist() == drags[-1].handle_points.tolist()
     assert len(res.trajectory) == 3  # input, the drag timestep's predicted clean latent, result
+    # the drag's override starts from h0; every substituted denoising step gets the same optimised h*
+    h0, h_star = values[0], values[1]
+    assert len(values) == 1 + 4 and all(torch.equal(v, h_star) for v in values[1:])
+    assert (h_star - h0).abs().max() > 1e-3
 
 
 def test_the_optimised_bottleneck_reaches_the_result(tiny_pipe, monkeypatch):

@@ -218,6 +218,22 @@ class DragConfig:
         return klass(**data)
 
 
+def check_baseline_settings(config: DragConfig, label: str, own: tuple[str, ...], checks: dict[str, bool]) -> None:
+    """The refusals a baseline's config shares: a value of a setting the method does not read
+    (``config.UNUSED``) other than DragConfig's default (it would change nothing), GoodDrag+'s
+    options, more than one drag timestep, and the method's own ``checks`` (setting -> valid)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(DragConfig)}
+    for name in getattr(config, "UNUSED", ()):
+        if getattr(config, name) != defaults[name]:
+            raise GoodDragError(f"{name} is not a {label} setting (it would change nothing); {label}'s own: "
+                                f"{', '.join(own)}")
+    shared = {"drag_end_step": config.drag_end_step == 1, "image_warp": not config.image_warp,
+              "latent_warp": not config.latent_warp, "subpixel_tracking": not config.subpixel_tracking}
+    for name, ok in (shared | checks).items():
+        if not ok:
+            raise GoodDragError(f"invalid setting {name}={getattr(config, name)!r} for method {config.method}")
+
+
 @dataclass(frozen=True)
 class FreeDragConfig(DragConfig):
     """FreeDrag's settings (Ling et al., CVPR 2024; docs/method.md, "FreeDrag"). Sources below are in
@@ -275,28 +291,14 @@ class FreeDragConfig(DragConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        defaults = {f.name: f.default for f in dataclasses.fields(DragConfig)}
-        for name in self.UNUSED:
-            if getattr(self, name) != defaults[name]:
-                raise GoodDragError(
-                    f"{name} is not a FreeDrag setting (it would change nothing); FreeDrag's own: l_expected, "
-                    "d_max, window_radius, search_points, steps_per_search, max_drag_steps")
-        checks = {
-            "drag_end_step": self.drag_end_step == 1,  # one drag timestep
+        check_baseline_settings(self, 'FreeDrag', ('l_expected', 'd_max', 'window_radius', 'search_points', 'steps_per_search', 'max_drag_steps'), {
             "l_expected": self.l_expected > 0,
             "d_max": self.d_max > 0,
             "window_radius": self.window_radius >= 0,
             "search_points": self.search_points >= 1,
             "steps_per_search": self.steps_per_search >= 1,
             "max_drag_steps": self.max_drag_steps >= 0,
-            # the GoodDrag+ starts and tracking are not FreeDrag's
-            "image_warp": not self.image_warp,
-            "latent_warp": not self.latent_warp,
-            "subpixel_tracking": not self.subpixel_tracking,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise GoodDragError(f"invalid setting {name}={getattr(self, name)!r} for method freedrag")
+        })
 
 
 @dataclass(frozen=True)
@@ -345,22 +347,10 @@ class FastDragConfig(DragConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        defaults = {f.name: f.default for f in dataclasses.fields(DragConfig)}
-        for name in self.UNUSED:
-            if getattr(self, name) != defaults[name]:
-                raise GoodDragError(f"{name} is not a FastDrag setting (it would change nothing); FastDrag's "
-                                    "own: fastdrag_fill, kv_copy, kv_start_layer")
-        checks = {
-            "drag_end_step": self.drag_end_step == 1,
+        check_baseline_settings(self, 'FastDrag', ('fastdrag_fill', 'kv_copy', 'kv_start_layer'), {
             "fastdrag_fill": self.fastdrag_fill in FASTDRAG_FILLS,
             "kv_start_layer": self.kv_start_layer >= -1,
-            "image_warp": not self.image_warp,
-            "latent_warp": not self.latent_warp,
-            "subpixel_tracking": not self.subpixel_tracking,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise GoodDragError(f"invalid setting {name}={getattr(self, name)!r} for method fastdrag")
+        })
 
 
 @dataclass(frozen=True)
@@ -435,24 +425,11 @@ class DragNoiseConfig(DragConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        defaults = {f.name: f.default for f in dataclasses.fields(DragConfig)}
-        for name in self.UNUSED:
-            if getattr(self, name) != defaults[name]:
-                raise GoodDragError(f"{name} is not a DragNoise setting (it would change nothing); DragNoise's "
-                                    "own: propagation_end_step, background_without_mask")
-        checks = {
-            "drag_end_step": self.drag_end_step == 1,  # one drag timestep
+        check_baseline_settings(self, 'DragNoise', ('propagation_end_step', 'background_without_mask'), {
             "propagation_end_step": 0 <= self.propagation_end_step <= self.inversion_steps,
             # the features must come after the bottleneck, which the drag replaces
             "feature_block": self.feature_block >= 1,
-            # the GoodDrag+ starts and tracking are not DragNoise's
-            "image_warp": not self.image_warp,
-            "latent_warp": not self.latent_warp,
-            "subpixel_tracking": not self.subpixel_tracking,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise GoodDragError(f"invalid setting {name}={getattr(self, name)!r} for method dragnoise")
+        })
 
 
 CONFIG_CLASSES: dict[str, type[DragConfig]] = {"freedrag": FreeDragConfig, "fastdrag": FastDragConfig,

@@ -222,16 +222,7 @@ class DragPipeline:
         to_grid = lambda pts: geometry.image_to_grid(  # noqa: E731
             geometry.scale_points(torch.as_tensor(pts, dtype=torch.float64), (H, W), working), working, sup
         ).to(self.device)
-        if mask is None:  # no mask: everything may change, as the authors' code has it
-            logger.warning(NO_MASK_WARNING)
-            mask_t = torch.ones(H, W)
-        else:
-            mask_arr = np.asarray(mask)
-            if mask_arr.ndim != 2:
-                raise GoodDragError(f"mask must be a 2-D array, got shape {mask_arr.shape}")
-            mask_arr = geometry.fit_mask(mask_arr > 0, (H, W))
-            geometry.check_mask_covers_points(mask_arr, handles, targets)  # refused before any work
-            mask_t = torch.as_tensor(mask_arr, dtype=torch.float32)
+        mask_t = self._input_mask(mask, (H, W), handles, targets, config)  # (H, W) float, 1 = may change
         # input -> supervision grid -> latent, nearest each time, as both authors' codes
         # resize it (GoodDrag pipeline.py ``prepare_mask`` and ``good_drag``)
         sup_mask = geometry.resize_mask(mask_t, sup)
@@ -260,6 +251,25 @@ class DragPipeline:
         if method.check_inputs is not None:  # the method's own refusals, before any work
             method.check_inputs(prepared, config)
         return prepared
+
+    @staticmethod
+    def _input_mask(mask: np.ndarray | None, size: tuple[int, int], handles: np.ndarray, targets: np.ndarray,
+                    config: DragConfig) -> torch.Tensor:
+        """The user's mask as (H, W) float, 1 = may change (no mask: everything may, with one warning),
+        fitted to the input's size; a mask that leaves a handle or target outside is refused here."""
+        if mask is None:  # no mask: everything may change, as the authors' code has it
+            if getattr(config, "background_without_mask", False):  # DragNoise: its authors hold the whole image
+                logger.warning("no mask: DragNoise's background term holds the whole image, as its authors' "
+                               "code does; paint the region that may change")
+            else:
+                logger.warning(NO_MASK_WARNING)
+            return torch.ones(*size)
+        mask_arr = np.asarray(mask)
+        if mask_arr.ndim != 2:
+            raise GoodDragError(f"mask must be a 2-D array, got shape {mask_arr.shape}")
+        mask_arr = geometry.fit_mask(mask_arr > 0, size)
+        geometry.check_mask_covers_points(mask_arr, handles, targets)  # refused before any work
+        return torch.as_tensor(mask_arr, dtype=torch.float32)
 
     # ------------------------------------------------------------ 2. prompt
     def encode_prompt(self, prompt: str, size_hw: tuple[int, int] | None = None) -> backbone.Conditioning:
@@ -498,12 +508,7 @@ class DragPipeline:
             mark = clock.add("lora", mark)
             # 4. encode image, 5. invert (and GoodDrag+'s warped start)
             with self.hooks.phase("inversion"):
-                recording = get_method(config.method).inversion_context
-                with recording(self, config) if recording else contextlib.nullcontext() as extras:
-                    inverted = self.invert(self.encode_image(inputs.working_image), cond, schedule,
-                                           progress=progress, callback=callback)
-                source = self.drag_source(inverted, inputs, cond, schedule, config)
-                source.extras = extras
+                source = self._invert_input(inputs, cond, schedule, config, progress, callback)
             mark = clock.add("inversion", mark)
             # 6. drag and denoise (the method)
             with self.hooks.phase("denoise"):  # the drag timesteps inside mark "drag"
@@ -516,6 +521,18 @@ class DragPipeline:
             result, trajectory = self._decode_result(outcome, inputs, return_trajectory)
         clock.add("decode", mark)
         return self._result(result, trajectory, outcome, inputs, config, lora_record, clock, start)
+
+    def _invert_input(self, inputs: PreparedInputs, cond: backbone.Conditioning, schedule: DDIMSchedule,
+                      config: DragConfig, progress: bool, callback: StepCallback | None) -> DragSource:
+        """Encode and invert the input (inside the method's ``inversion_context``, if it records
+        something there: what it yields reaches the method as ``DragSource.extras``)."""
+        recording = get_method(config.method).inversion_context
+        with recording(self, config) if recording else contextlib.nullcontext() as extras:
+            inverted = self.invert(self.encode_image(inputs.working_image), cond, schedule,
+                                   progress=progress, callback=callback)
+        source = self.drag_source(inverted, inputs, cond, schedule, config)
+        source.extras = extras
+        return source
 
     def _fuse_lora(self) -> None:
         """Merge the attached LoRA into the UNet's weights for speed (``fuse_lora``); the base weights

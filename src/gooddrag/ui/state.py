@@ -30,7 +30,7 @@ IMAGE_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "BMP": "BMP", "GI
 """PIL format name -> how messages name it: the uploads accepted."""
 DISPLAY_SIDE = 512
 """Images with a shorter long side are shown enlarged by an integer factor up to this."""
-PAGE_METHODS = ("gooddrag", "gooddrag-plus", "dragdiffusion", "freedrag", "fastdrag")
+PAGE_METHODS = ("gooddrag", "gooddrag-plus", "dragdiffusion", "freedrag", "dragnoise", "fastdrag")
 """The methods the page offers, in this order (each runs the preset that fits the model)."""
 MAIN_SETTINGS = ("lora_steps", "drag_end_step", "track_per_step", "max_drag_per_track", "lr", "lam")
 """Settings shown up front; the others of ``gooddrag edit`` are in the Advanced accordion."""
