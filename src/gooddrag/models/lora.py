@@ -205,10 +205,7 @@ def train_lora(
     )
     bsz = config.lora_batch_size
     mean, std = latent_dist.mean.float(), latent_dist.std.float()  # (1, 4, h, w)
-    cond = text_embeddings.expand(bsz, -1, -1)
-    added = None  # (B, P) pooled text, (B, 6) time ids, in the model's dtype
-    if added_cond_kwargs is not None:
-        added = {k: v.expand(bsz, *v.shape[1:]).to(model_dtype) for k, v in added_cond_kwargs.items()}
+    cond, added = batch_conditioning(text_embeddings, added_cond_kwargs, bsz, model_dtype)
     autocast = torch.autocast(device.type, dtype=model_dtype, enabled=model_dtype != torch.float32)
     draws = draw_training_noise(config.lora_steps, (bsz, *mean.shape[1:]), scheduler.config.num_train_timesteps,
                                 generator, device)
@@ -219,8 +216,7 @@ def train_lora(
         noisy = scheduler.add_noise(latents, noise, timesteps)
         target = training_target(scheduler, latents, noise, timesteps)
         optimizer.zero_grad(set_to_none=True)  # before the forward pass: last step's gradients freed sooner
-        loss = accumulate_gradient(unet, noisy.to(model_dtype), timesteps, cond.to(model_dtype), added, target,
-                                   autocast, micro_batch)
+        loss = accumulate_gradient(unet, noisy.to(model_dtype), timesteps, cond, added, target, autocast, micro_batch)
         optimizer.step()
         losses.append(loss)
         if step_callback is not None:
@@ -258,6 +254,16 @@ def accumulate_gradient(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond
         loss.backward()
         total = total + loss.detach()
     return total
+
+
+def batch_conditioning(text_embeddings: torch.Tensor, added_cond_kwargs: dict[str, torch.Tensor] | None,
+                       batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """The batch-1 conditioning expanded to ``batch`` rows in the model's dtype: (B, L, D) hidden
+    states and SDXL's (B, P) pooled text and (B, 6) time ids (None for SD)."""
+    added = None
+    if added_cond_kwargs is not None:
+        added = {k: v.expand(batch, *v.shape[1:]).to(dtype) for k, v in added_cond_kwargs.items()}
+    return text_embeddings.expand(batch, -1, -1).to(dtype), added
 
 
 def attach_fresh_lora(unet, rank: int, generator: torch.Generator) -> list[torch.nn.Parameter]:
