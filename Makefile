@@ -24,6 +24,11 @@ KERNEL_TESTS := tests/test_golden.py tests/test_behaviour.py \
 	tests/test_sdxl.py::test_sd_output_unchanged_to_float_noise \
 	tests/test_speed.py::test_benchmark_script_on_the_tiny_model_writes_every_phase_of_every_path
 
+# Two pytest workers (pytest-xdist): each test runs torch on one thread (tests/conftest.py), so on
+# 2 cores one worker alone leaves a core idle. A file's tests stay on one worker (its module
+# fixtures, e.g. the served web app, are made once).
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q
-	ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41 $(PY) -m pytest -q $(KERNEL_TESTS)
+	$(PYTEST)
+	ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41 $(PYTEST) $(KERNEL_TESTS)

@@ -206,3 +206,23 @@ def test_trajectory_and_callback(tiny_pipe):
                        progress=False, return_trajectory=True, callback=events.append)
     assert len(result.trajectory) == 3  # input, the warp's timestep, result
     assert [e.step for e in events if e.phase == "denoise"] == list(range(1, 8))
+
+
+def test_front_ends_refuse_a_maskless_fastdrag_before_loading_a_model(tmp_path, monkeypatch, capsys):
+    """The CLI and the web page refuse it from the method's ``mask_required`` sentence, with no model
+    loaded (``gooddrag.cli.load_pipeline`` would fail the test); with a mask they go on."""
+    from gooddrag import cli
+    from gooddrag.ui.state import check_run
+
+    image = tmp_path / "in.png"
+    make_image().save(image)
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a: pytest.fail("a model was loaded"))
+    rc = cli.main(["edit", "--image", str(image), "--points", "38,40>46,40", "--method", "fastdrag",
+                   "--out", str(tmp_path / "out")])
+    assert rc != 0 and "paint a mask" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    points = [[38, 40], [46, 40]]
+    with pytest.raises(GoodDragError, match="paint a mask"):
+        check_run(make_image(), points, None, fastdrag_config())
+    check_run(make_image(), points, None, get_preset("gooddrag"))  # other methods run without one
+    check_run(make_image(), points, make_mask(), fastdrag_config())

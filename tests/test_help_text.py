@@ -19,7 +19,7 @@ from gooddrag.cli import main
 
 HELP_DIR = Path(__file__).parent / "data" / "help"
 COMMANDS = [(), ("edit",), ("lora",), ("demo",), ("bench",), ("bench", "shapes"), ("bench", "run"),
-            ("bench", "eval"), ("bench", "compare"), ("ui",)]
+            ("bench", "eval"), ("bench", "compare"), ("bench", "estimate"), ("ui",)]
 WIDTH = "100"
 """argparse wraps at $COLUMNS: fixed so the text does not depend on the terminal."""
 

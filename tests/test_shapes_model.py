@@ -83,12 +83,12 @@ def test_demo_runs_both_methods_on_a_move_and_a_turn(tmp_path, capsys):
 def test_bench_shapes_writes_tables_and_identity_scores_the_distance(tmp_path, capsys):
     out = tmp_path / "bench"
     assert main(["bench", "shapes", "--cases", "2", "--seed", "3", "--per-kind", "1", "--kinds",
-                 "single,multi_point,multi_object,rotate,scale", "--method", "identity,autoencoder,dragdiffusion",
+                 "single,multi_point,multi_object,rotate,scale", "--method", "identity,autoencoder,fastdrag",
                  "--out", str(out), "--no-progress"]) == 0
     for name in ("results.md", "results.csv", "summary.json", "figure.png"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [r["method"] for r in rows] == ["identity", "autoencoder", "dragdiffusion"] * 4
+    assert [r["method"] for r in rows] == ["identity", "autoencoder", "fastdrag"] * 4  # FastDrag: a method in seconds
     assert [r["kind"] for r in rows[6:]] == ["rotate"] * 3 + ["scale"] * 3
     identity = [r for r in rows if r["method"] == "identity"]
     # doing nothing leaves the object where it was: error ~ the requested distance (or drag)

@@ -81,6 +81,7 @@ def test_refuses_an_existing_folder_and_a_bad_vae_source(tmp_path):
         main(["--out", str(tmp_path / "new"), "--vae-from", str(tmp_path / "nowhere")])
 
 
+@pytest.mark.slow  # 20-25 s; the trainer's default path is test_few_step_training_runs_saves_and_reuses_its_autoencoder
 def test_latent_factor_2_trains_a_2x_autoencoder_and_a_32x32_unet(tmp_path):
     out = tmp_path / "f2"
     assert main(["--out", str(out), *SMALL, "--latent-factor", "2"]) == 0

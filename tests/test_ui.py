@@ -738,37 +738,64 @@ def test_browser_newcomer_session_messages_mask_and_layout(served, tmp_path):
             np.testing.assert_array_equal(np.asarray(got), np.asarray(saved))
 
 
+def test_the_fixed_settings_apply_only_where_the_method_takes_them():
+    """The server's fixed settings (the demo's, this file's FAST) fill a method's boxes where its config
+    accepts them; a baseline keeps its one drag timestep and the settings it does not read."""
+    pytest.importorskip("gradio")
+    from gooddrag.ui.handlers import Handlers
+
+    h = Handlers(None, default_model=ui.SHAPES_MODEL, max_bytes=1, max_pixels=1, examples=[], setting_defaults=FAST)
+    assert h.preset_value("shapes-gooddrag", "drag_end_step") == 2
+    assert h.preset_value("shapes-dragnoise", "drag_end_step") == 1  # DragNoise: one timestep (2 is refused)
+    assert h.preset_value("shapes-dragnoise", "lora_steps") == 5
+    assert h.preset_value("shapes-freedrag", "track_per_step") == state.make_config("shapes-freedrag").track_per_step
+
+
+RUN_IN_BROWSER = ("gooddrag", "dragnoise", "fastdrag")
+"""The methods the browser test runs to the end (an AIDD method and two baselines through the method
+seam, under a minute on 2 cores); every entry is selected."""
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
 def test_browser_method_list_runs_each_models_own_preset(served, tmp_path):
     """Issue P2b: the method list offers methods, never raw preset names; with shapes-64 selected
-    each entry runs a shapes-64 preset (run.json); with another model the entries are that model's."""
+    an entry runs a shapes-64 preset of its method (run.json; :data:`RUN_IN_BROWSER`); with another
+    model the entries are that model's."""
     from gooddrag.methods import presets
     from gooddrag.methods.config import PRESETS
+    from gooddrag.ui.handlers import Handlers
 
     sync_api = pytest.importorskip("playwright.sync_api")
     url, results = served
     labels = [presets.METHOD_LABELS[m] for m in state.PAGE_METHODS]
+    boxes = Handlers(None, default_model=ui.SHAPES_MODEL, max_bytes=1, max_pixels=1, examples=[],
+                     setting_defaults=FAST)
     with _chromium(sync_api) as browser:
         page = browser.new_page(viewport={"width": 1500, "height": 2000})
         page.goto(url)
         page.locator("#examples button.thumbnail-item").first.click()
         page.get_by_text("1 pair(s): 34,23>46,23").wait_for(timeout=30_000)
-        for label in labels:
+        for method, label in zip(state.PAGE_METHODS, labels):
             page.locator("#preset input").click()
             options = [o.inner_text().replace("✓", "").strip() for o in page.get_by_role("option").all()]
             assert options == labels, options  # the methods, no preset names (✓ marks the chosen one)
             page.get_by_role("option", name=label, exact=True).click()
             page.wait_for_function("l => document.querySelector('#preset input').value === l", arg=label)
-            before = {p.parent.name for p in results.glob("*/run.json")}
+            if method not in RUN_IN_BROWSER:
+                continue
+            box = boxes.preset_value(dict(state.method_choices(ui.SHAPES_MODEL))[label], "track_per_step")
+            page.wait_for_function(  # the boxes show the method's values before Run reads them
+                "v => document.querySelector('#setting-track_per_step input').value === v", arg=str(box))
+            shown = page.locator("#status-text").inner_text()
             page.locator("#run").click()
-            new = []
-            for _ in range(1200):  # the run's own folder, at most 120 s
-                new = [p for p in results.glob("*/run.json") if p.parent.name not in before]
-                if new:
+            status = shown
+            for _ in range(1200):  # this run's end, read from the page (at most 120 s)
+                status = page.locator("#status-text").inner_text()
+                if status != shown and ("Done in" in status or "Cannot run" in status or "Error" in status):
                     break
                 page.wait_for_timeout(100)
-            (new,) = new
-            page.get_by_text(f"result {new.parent.name}").wait_for(timeout=30_000)  # the page says it is done
+            assert "Done in" in status and "result " in status, (label, status)
+            new = results / status.split("result ")[1].split()[0] / "run.json"
             preset = json.loads(new.read_text())["inputs"]["preset"]
             assert presets.family_of_preset(preset) == "shapes" and presets.METHOD_LABELS[PRESETS[preset].method] == label
         page.locator("#model input").click()
@@ -776,4 +803,6 @@ def test_browser_method_list_runs_each_models_own_preset(served, tmp_path):
         page.wait_for_function("() => document.querySelector('#preset input').value === "
                                f"{json.dumps(labels[-1])}")  # the method is kept
         page.locator("#preset input").click()
+        page.wait_for_function(  # the model list's options have gone, the method list's are all there
+            "n => document.querySelectorAll('[role=option]').length === n", arg=len(labels))
         assert [o.inner_text().replace("✓", "").strip() for o in page.get_by_role("option").all()] == labels

@@ -95,7 +95,7 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    """``gooddrag bench``: ``shapes`` here, ``run``, ``eval`` and ``compare`` from :mod:`gooddrag.benchmark`."""
+    """``gooddrag bench``: ``shapes`` here, ``run``, ``eval``, ``compare`` and ``estimate`` from :mod:`gooddrag.benchmark`."""
     bench = sub.add_parser("bench", help="benchmarks", description="Benchmarks of drag methods.")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
     _add_bench_shapes_parser(bench_sub)
@@ -173,8 +173,12 @@ def _load_inputs(args, need_points: bool = True):
 def cmd_edit(args) -> int:
     import torch  # heavy: keeps gooddrag --help fast
 
+    from .methods.registry import get_method
+
     config = config_from_args(args)
     sample = _load_inputs(args)
+    if sample.mask is None and get_method(config.method).mask_required:  # before the model loads
+        raise GoodDragError(get_method(config.method).mask_required)
     out = Path(args.out) if args.out else Path("results") / f"{sample.name}-{config.method}"
     prepare_out_dir(out, args.overwrite)  # fail before the expensive part
     misfit = size_warning(args.model, sample.image.width, sample.image.height)
@@ -273,10 +277,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    if args.bench_command in ("run", "eval", "compare"):
+    if args.bench_command in ("run", "eval", "compare", "estimate"):
         return run_command(args, say=print)
     if args.bench_command != "shapes":
-        raise GoodDragError("choose a benchmark: gooddrag bench shapes | run | eval | compare")
+        raise GoodDragError("choose a benchmark: gooddrag bench shapes | run | eval | compare | estimate")
     from .shapes.benchmark import (  # heavy: torch
         BENCH_METHODS, load_shapes_pipeline, run_benchmark, summarize_by_kind, write_report,
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +50,14 @@ def _flop_formulas() -> dict:
 
 FLOP_FORMULAS = _flop_formulas()
 
+METADATA_OPS = frozenset({
+    torch.ops.prim.device.default, torch.ops.prim.layout.default, aten.sym_size.default, aten.sym_size.int,
+    aten.sym_stride.default, aten.sym_stride.int, aten.sym_numel.default, aten.sym_storage_offset.default,
+    aten.is_contiguous.default, aten.is_contiguous.memory_format, aten.dim.default,
+})
+"""Queries of a tensor's metadata: fake tensors answer them through the dispatcher, real ones do
+not, so they are not counted (as an operator, a FLOP or memory)."""
+
 
 @dataclass
 class PhaseFigures:
@@ -62,6 +71,8 @@ class PhaseFigures:
     first_call_bytes: int | None = None
     """Device bytes live when the phase's first UNet call began (:meth:`Counters.unet_call`): what
     stays live through the phase, before any step's own tensors."""
+    seconds: float = 0.0
+    """Wall time spent in the phase (by whatever ran it: fake tensors take their own time)."""
 
     def to_dict(self) -> dict[str, int]:
         return {"peak_bytes": self.peak_bytes, "flops": self.flops, "ops": self.ops}
@@ -92,6 +103,7 @@ class Counters(TorchDispatchMode):
         self._stack: list[str] = ["other"]
         self._live = _Live()
         self._peak = 0  # running peak since the last phase boundary
+        self._since = time.perf_counter()  # start of the running span of the innermost phase
         self.on_op = None  # optional callable(func) for progress reports
 
     # ------------------------------------------------------------------ memory
@@ -134,6 +146,9 @@ class Counters(TorchDispatchMode):
         fig = self._figures()
         fig.peak_bytes = max(fig.peak_bytes, self._peak)
         self._peak = self._live.total
+        now = time.perf_counter()
+        fig.seconds += now - self._since
+        self._since = now
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -172,6 +187,8 @@ class Counters(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in METADATA_OPS:
+            return func(*args, **kwargs)
         self._track_all(args)
         if kwargs:
             self._track_all(kwargs.values())
@@ -196,4 +213,4 @@ def total(phases: dict[str, PhaseFigures]) -> PhaseFigures:
     )
 
 
-__all__ = ["CUDA_BLOCK", "FLOP_FORMULAS", "Counters", "PhaseFigures", "total"]
+__all__ = ["CUDA_BLOCK", "FLOP_FORMULAS", "METADATA_OPS", "Counters", "PhaseFigures", "total"]

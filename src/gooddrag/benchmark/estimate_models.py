@@ -39,6 +39,7 @@ from diffusers import (
 )
 from diffusers.image_processor import VaeImageProcessor
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.nn.modules.module import register_module_parameter_registration_hook
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..core.ddim import SD15_SCHEDULER_CONFIG
@@ -140,6 +141,27 @@ def is_fake(t: Any) -> bool:
 
 
 @contextlib.contextmanager
+def fake_new_parameters(mode: FakeTensorMode) -> Iterator[None]:
+    """Inside the block, a parameter made with real values and registered on a module (the LoRA's,
+    which peft makes while the edit runs) is registered as a fake one of the same shape, dtype and
+    ``requires_grad`` instead (``torch.nn.modules.module.register_module_parameter_registration_hook``):
+    the LoRA then runs on fake tensors as the rest of the model does, and costs the same."""
+
+    def fake(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None):
+        if param is None or is_fake(param):
+            return None
+        with mode:
+            data = torch.empty(param.shape, dtype=param.dtype, device=param.device)
+            return torch.nn.Parameter(data, requires_grad=param.requires_grad)
+
+    handle = register_module_parameter_registration_hook(fake)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
     before = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -174,11 +196,12 @@ def _scheduler(configs: dict[str, Any]):
     return klass.from_config(configs["scheduler"])
 
 
-def build_fake_pipeline(configs: dict[str, Any], dtype: torch.dtype, mode: FakeTensorMode):
+def build_fake_pipeline(configs: dict[str, Any], dtype: torch.dtype, mode: FakeTensorMode | None):
     """A diffusers ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` whose models are
     fake (shapes only) on the CPU, in ``dtype``, frozen and in eval mode, as
-    :func:`gooddrag.models.loading.load_components` leaves a loaded one."""
-    with mode, _default_dtype(dtype):
+    :func:`gooddrag.models.loading.load_components` leaves a loaded one. ``mode`` None: the same
+    with real (random) weights, for the runs the estimates are checked against."""
+    with mode if mode is not None else contextlib.nullcontext(), _default_dtype(dtype):
         unet = UNet2DConditionModel.from_config(configs["unet"])
         vae = AutoencoderKL.from_config(configs["vae"])
         text_encoder = _text_encoder(configs["text_encoder"], with_projection=False)
@@ -205,6 +228,6 @@ def parameter_count(module: torch.nn.Module) -> int:
 
 __all__ = [
     "HOST_STAND_IN", "SD15_UNET", "SD21_UNET", "SD_VAE", "SDXL_VAE", "CLIP_L", "OPENCLIP_H", "OPENCLIP_BIGG",
-    "builtin_configs", "folder_configs", "fake_mode", "is_fake", "BlankImageProcessor", "build_fake_pipeline",
+    "builtin_configs", "folder_configs", "fake_mode", "is_fake", "fake_new_parameters", "BlankImageProcessor", "build_fake_pipeline",
     "parameter_count",
 ]

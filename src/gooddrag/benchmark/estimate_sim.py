@@ -27,11 +27,12 @@ import contextlib
 import dataclasses
 import gc
 import logging
-import tempfile
+import multiprocessing
+import queue
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,14 +41,21 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import GoodDragError
-from ..methods import presets
+from ..methods import aidd, presets, registry
 from ..methods.base import DragHooks, read_to_host
 from ..methods.base import track as default_track
 from ..methods.config import DragConfig, get_preset
-from ..methods.pipeline import DragPipeline
+from ..methods.pipeline import DragPipeline, lora_micro_batch
 from ..models import backbone
 from .estimate_counters import CUDA_BLOCK, Counters, PhaseFigures, total
-from .estimate_models import HOST_STAND_IN, build_fake_pipeline, fake_mode, is_fake, parameter_count
+from .estimate_models import (
+    HOST_STAND_IN,
+    build_fake_pipeline,
+    fake_mode,
+    fake_new_parameters,
+    is_fake,
+    parameter_count,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +65,9 @@ LoRA's removal after the method, the result); ``lora``: training (with the VAE
 encode it needs) and fusing; ``inversion``: VAE encode and DDIM inversion; ``drag``: the reference
 trajectory and the drag timesteps (optimiser steps, tracking); ``denoise``: the batched DDIM steps;
 ``decode``: the VAE decode."""
-METHODS = ("gooddrag", "dragdiffusion", "gooddrag-plus")
-"""The methods the simulator runs (AIDD's); FreeDrag's line search decides its own schedule."""
 EARLY_STOPS_OFF = dict(stop_distance=0.0, max_track_no_change=0, drag_loss_threshold=0.0)
+METHODS = tuple(name for name, m in registry.METHODS.items() if m.run is aidd.drag_and_denoise)
+"""The methods the simulator runs: AIDD's (a FreeDrag edit's line search decides its own schedule)."""
 
 
 @dataclass(frozen=True)
@@ -101,16 +109,18 @@ differ in that count only as far as memory goes; what the phase added to the liv
 first UNet call (the LoRA's first step; the first batched DDIM step, after the reference
 trajectory) differs by the growth alone, where the peaks also differ by what a first step lacks
 (Adam's state)."""
-RUNS = (Schedule(1, 1, 1, 1, 1), Schedule(2, 2, 1, 1, 2), Schedule(1, 2, 2, 1, 1), Schedule(1, 2, 2, 2, 1))
+RUNS = (Schedule(1, 1, 1, 1, 1), Schedule(2, 2, 1, 1, 2), Schedule(0, 2, 2, 1, 1), Schedule(0, 2, 2, 2, 1))
 """The short schedules run: each count takes two values, each phase's terms are independent over
 the runs that inform it, and one run has a second drag timestep AND a second round (what each
-adds to the live memory once, both in a full schedule). Runs 3 and 4 train no LoRA (run 1's is
-in the cache)."""
+adds to the live memory once, both in a full schedule). Runs 3 and 4 have no LoRA: a fused LoRA
+costs the later phases no operator (the base layers run), only memory (its weights and the
+backup of the weights it changed), which :func:`_peak` adds back."""
 
-def unet_calls(schedule: Schedule, config: DragConfig, micro_batches: int, trains_lora: bool) -> int:
+
+def unet_calls(schedule: Schedule, config: DragConfig, micro_batches: int) -> int:
     """UNet forward passes in an edit: LoRA (one a micro-batch), inversion (twice with
     ``image_warp``), the reference trajectory, one per optimiser step, the denoising."""
-    lora = schedule.L * micro_batches if trains_lora else 0
+    lora = schedule.L * micro_batches
     inversion = schedule.I * (2 if config.image_warp else 1)
     return lora + inversion + schedule.T + schedule.T * schedule.R * schedule.S + schedule.I
 
@@ -153,16 +163,14 @@ def quiet_diffusers() -> Iterator[None]:
         dlog.set_verbosity(before)
 
 
-def as_on_cuda(pipe: DragPipeline, low_memory: bool, micro_batch: int | None) -> None:
-    """The settings a CUDA pipeline has (``DragPipeline.__init__``): fused Adam, channels_last; the
-    host is :data:`HOST_STAND_IN`."""
+def as_on_cuda(pipe: DragPipeline) -> None:
+    """The settings a CUDA pipeline has (``DragPipeline.__init__``): fused Adam, channels_last, the
+    text encoders on the host, which is :data:`HOST_STAND_IN` here."""
     pipe.fused_adam = True
     pipe.unet.to(memory_format=torch.channels_last)
     pipe.offload_device = HOST_STAND_IN
-    if low_memory:
-        pipe.enable_low_memory()
-    if micro_batch is not None:
-        pipe.lora_micro_batch = micro_batch
+    for module in backbone.text_encoders(pipe.sd):
+        module.to(pipe.offload_device if pipe.offload_text_encoders else pipe.device)
 
 
 def device_tensors(pipe: DragPipeline) -> Iterator[torch.Tensor]:
@@ -172,13 +180,16 @@ def device_tensors(pipe: DragPipeline) -> Iterator[torch.Tensor]:
         yield from module.buffers()
 
 
-def run_once(pipe: DragPipeline, config: DragConfig, cache: Path, on_call: Callable[[], None] | None = None,
+def run_once(pipe: DragPipeline, config: DragConfig, on_call: Callable[[], None] | None = None,
              round_to: int = CUDA_BLOCK) -> dict[str, PhaseFigures]:
-    """One edit of ``config`` on ``pipe`` (fake or real) with its LoRA cache in ``cache``, counted
-    (``round_to``: allocation granularity in bytes); returns the figures per phase."""
+    """One edit of ``config`` on ``pipe`` (fake or real), counted (``round_to``: allocation
+    granularity in bytes); returns the figures per phase."""
     counters = Counters(round_to=round_to)
     pipe.hooks = DragHooks(track=stand_in_track, host_read=stand_in_read, phase=counters.phase)
+    pipe.cache_lora = False  # each run trains its own LoRA (fake weights have nothing to write)
     image, handle, target, mask = make_inputs(config.resolution)
+    mode = getattr(next(pipe.unet.parameters()), "fake_mode", None)  # None: a real model
+
     def called(*_) -> None:
         counters.unet_call()
         if on_call is not None:
@@ -187,9 +198,9 @@ def run_once(pipe: DragPipeline, config: DragConfig, cache: Path, on_call: Calla
     hook = pipe.unet.register_forward_pre_hook(called)
     gc.collect()  # what earlier runs left in reference cycles goes now, not at some point inside this one
     try:
-        with counters:
+        with counters, fake_new_parameters(mode) if mode is not None else contextlib.nullcontext():
             counters.track_existing(device_tensors(pipe))
-            pipe(image, [handle], [target], mask, config=config, lora_cache_dir=cache, progress=False)
+            pipe(image, [handle], [target], mask, config=config, progress=False)
     finally:
         hook.remove()
     return counters.finish()
@@ -205,15 +216,17 @@ def _fit(rows: list[tuple[list[float], float]], terms: list[float]) -> float:
 
 
 TRAINING_RUNS = (0, 1)
-"""The runs that train their LoRA (the others load run 1's from the cache): the only ones the LoRA
-phase is fitted on."""
+"""The runs that train a LoRA."""
+WITH_LORA = ("other", "lora")
+"""The phases fitted on :data:`TRAINING_RUNS` only: the LoRA's training, and its removal (in
+``other``: unfusing writes the backup back)."""
 
 
 def extrapolate(runs: list[dict[str, PhaseFigures]], full: Schedule) -> dict[str, PhaseFigures]:
     """The full schedule's figures per phase from the short runs' (module docstring)."""
     out: dict[str, PhaseFigures] = {}
     for phase in PHASES:
-        informing = list(TRAINING_RUNS) if phase == "lora" else list(range(len(RUNS)))
+        informing = list(TRAINING_RUNS) if phase in WITH_LORA else list(range(len(RUNS)))
         figs = [(RUNS[i], runs[i].get(phase, PhaseFigures())) for i in informing]
         ops = _fit([(s.terms(phase), f.ops) for s, f in figs], full.terms(phase))
         flops = _fit([(s.terms(phase), f.flops) for s, f in figs], full.terms(phase))
@@ -221,9 +234,10 @@ def extrapolate(runs: list[dict[str, PhaseFigures]], full: Schedule) -> dict[str
     return out
 
 
-AFTER_LORA = ("inversion", "drag", "denoise", "decode")
-"""Phases that start from what the LoRA phase left (a run that loads run 1's LoRA from the cache
-holds a few bytes less than one that trained: their peaks are taken relative to that)."""
+AFTER_LORA = ("inversion", "drag", "denoise")
+"""Phases that hold what the LoRA phase left (the fused LoRA and the backup of the weights it
+changed, until the LoRA is removed before decoding): the peaks of the runs without a LoRA are
+taken relative to that."""
 
 
 def _peak(phase: str, runs: list[dict[str, PhaseFigures]], informing: list[int], full: Schedule) -> int:
@@ -252,10 +266,14 @@ def growth(runs: list[dict[str, PhaseFigures]], count: str) -> float:
     return max(0.0, grown / (getattr(RUNS[hi], count) - getattr(RUNS[lo], count)))
 
 
+def micro_batch(pipe: DragPipeline, config: DragConfig) -> int:
+    """Images per LoRA forward pass for ``make_inputs``' square picture (``DragPipeline.lora_micro_batch``)."""
+    return min(pipe.lora_micro_batch or lora_micro_batch(config.resolution ** 2), config.lora_batch_size)
+
+
 def micro_batches(pipe: DragPipeline, config: DragConfig) -> int:
-    """Forward passes per LoRA step (``DragPipeline.lora_micro_batch``)."""
-    size = pipe.lora_micro_batch or config.lora_batch_size
-    return -(-config.lora_batch_size // min(size, config.lora_batch_size))
+    """Forward passes per LoRA step."""
+    return -(-config.lora_batch_size // micro_batch(pipe, config))
 
 
 def simulate(pipe: DragPipeline, base: DragConfig, progress: bool = True,
@@ -263,13 +281,13 @@ def simulate(pipe: DragPipeline, base: DragConfig, progress: bool = True,
     """Run the short schedules of ``base`` on ``pipe`` and extrapolate to ``base``'s own; returns
     ``{"phases": {phase: PhaseFigures}, "runs": [per run {phase: PhaseFigures}], "schedule": Schedule}``."""
     full = Schedule.of(base)
-    calls = sum(unet_calls(s, base, micro_batches(pipe, base), i in TRAINING_RUNS) for i, s in enumerate(RUNS))
+    calls = sum(unet_calls(s, base, micro_batches(pipe, base)) for s in RUNS)
     bar = tqdm(total=calls, desc="simulated UNet calls", unit="call", disable=not progress)
     figures = []
     try:
-        with tempfile.TemporaryDirectory(prefix="gooddrag-estimate-") as cache:
-            for schedule in RUNS:
-                figures.append(run_once(pipe, schedule.config(base), Path(cache), lambda: bar.update(1), round_to))
+        for schedule in RUNS:
+            figures.append(run_once(pipe, schedule.config(base), lambda: bar.update(1), round_to))
+            logger.info("short run %s: %s", schedule, {k: round(v.seconds, 1) for k, v in figures[-1].items()})
     finally:
         bar.close()
     return {"phases": extrapolate(figures, full), "runs": figures, "schedule": full}
@@ -278,8 +296,7 @@ def simulate(pipe: DragPipeline, base: DragConfig, progress: bool = True,
 def measure(pipe: DragPipeline, config: DragConfig, round_to: int = CUDA_BLOCK) -> dict[str, PhaseFigures]:
     """The same counters on ONE edit of ``config`` as it is (no extrapolation): what the tests
     compare the extrapolation with, on real or fake models."""
-    with tempfile.TemporaryDirectory(prefix="gooddrag-measure-") as cache:
-        return run_once(pipe, config, Path(cache), round_to=round_to)
+    return run_once(pipe, config, round_to=round_to)
 
 
 # --------------------------------------------------------------------------------------- the estimate
@@ -302,6 +319,12 @@ class Request:
     low_memory: bool = False
     lora_batch_size: int | None = None
     lora_micro_batch: int | None = None
+    offload_text_encoders: bool = True
+    """``DragPipeline.offload_text_encoders`` (False: what the pipeline did before; to measure the cut)."""
+    target: str = "cuda"
+    """``cuda``: the pipeline as on a CUDA device (fused Adam, channels_last, text encoders and the
+    low-memory LoRA backup on the host, 512-byte blocks); ``cpu``: as on the CPU (one memory, exact
+    bytes), what the estimates are checked against."""
 
 
 def model_configs(model: str) -> dict[str, Any]:
@@ -331,18 +354,76 @@ def fake_drag_pipeline(request: Request) -> DragPipeline:
     with quiet_diffusers():
         sd = build_fake_pipeline(model_configs(request.model), DTYPES[request.dtype], fake_mode())
         pipe = DragPipeline(sd, device="cpu")
-        as_on_cuda(pipe, request.low_memory, request.lora_micro_batch)
+        pipe.offload_text_encoders = request.offload_text_encoders
+        if request.target == "cuda":
+            as_on_cuda(pipe)
+        if request.low_memory:
+            pipe.enable_low_memory()
+        if request.lora_micro_batch is not None:
+            pipe.lora_micro_batch = request.lora_micro_batch
     return pipe
 
 
-def estimate(request: Request, progress: bool = True) -> dict[str, Any]:
-    """Simulate the request's whole edit; returns the report (:func:`report`)."""
+def estimate(request: Request, progress: bool = True, jobs: int = 1) -> dict[str, Any]:
+    """Simulate the request's whole edit, the short runs in ``jobs`` processes; returns the report
+    (:func:`report`)."""
     start = time.perf_counter()
     pipe = fake_drag_pipeline(request)
     config = request_config(request, pipe.kind)
-    with quiet_diffusers():
-        sim = simulate(pipe, config, progress=progress)
+    round_to = CUDA_BLOCK if request.target == "cuda" else 1
+    if jobs <= 1:
+        with quiet_diffusers():
+            sim = simulate(pipe, config, progress=progress, round_to=round_to)
+    else:
+        passes = micro_batches(pipe, config)
+        total = sum(unet_calls(s, config, passes) for s in RUNS)
+        with tqdm(total=total, desc="simulated UNet calls", unit="call", disable=not progress) as bar:
+            runs = run_in_processes(request, split_runs(jobs, passes), bar)
+        sim = {"phases": extrapolate(runs, Schedule.of(config)), "runs": runs, "schedule": Schedule.of(config)}
     return report(request, pipe, config, sim, time.perf_counter() - start)
+
+
+def split_runs(jobs: int, lora_passes: int = 1) -> list[list[int]]:
+    """The short runs (indices into :data:`RUNS`) for each of ``jobs`` processes, longest first onto
+    the least loaded; a run weighs its UNet calls, a LoRA pass (of ``lora_passes`` a step: it
+    trains through the unfused LoRA) twice a drag step."""
+    def weight(s: Schedule) -> int:
+        return 6 * s.L * lora_passes + 3 * s.T * s.R * s.S + s.T + 2 * s.I
+
+    parts: list[list[int]] = [[] for _ in range(min(jobs, len(RUNS)))]
+    loads = [0] * len(parts)
+    for i in sorted(range(len(RUNS)), key=lambda i: -weight(RUNS[i])):
+        k = loads.index(min(loads))
+        parts[k].append(i)
+        loads[k] += weight(RUNS[i])
+    return parts
+
+
+def _worker(request: Request, indices: list[int], calls) -> list[tuple[int, dict[str, PhaseFigures]]]:
+    """A worker process: the request's fake pipeline and the short runs ``indices``; each UNet call
+    is reported on the queue ``calls``."""
+    torch.set_num_threads(1)
+    pipe = fake_drag_pipeline(request)
+    base = request_config(request, pipe.kind)
+    round_to = CUDA_BLOCK if request.target == "cuda" else 1
+    with quiet_diffusers():
+        return [(i, run_once(pipe, RUNS[i].config(base), lambda: calls.put(1), round_to)) for i in indices]
+
+
+def run_in_processes(request: Request, parts: list[list[int]], bar) -> list[dict[str, PhaseFigures]]:
+    """The short runs of ``request``, ``parts`` (:func:`split_runs`) in as many worker processes
+    (each builds its own fake model); ``bar`` counts the UNet calls. Returns the runs' figures in
+    the order of :data:`RUNS`."""
+    context = multiprocessing.get_context("spawn")  # fork after torch's threads start is unsafe
+    with context.Manager() as manager, ProcessPoolExecutor(len(parts), mp_context=context) as pool:
+        calls = manager.Queue()
+        futures = [pool.submit(_worker, request, part, calls) for part in parts]
+        while not all(f.done() for f in futures):
+            with contextlib.suppress(queue.Empty):
+                calls.get(timeout=0.2)
+                bar.update(1)
+        figures = dict(item for f in futures for item in f.result())
+    return [figures[i] for i in range(len(RUNS))]
 
 
 def report(request: Request, pipe: DragPipeline, config: DragConfig, sim: dict[str, Any], seconds: float) -> dict:
@@ -353,11 +434,13 @@ def report(request: Request, pipe: DragPipeline, config: DragConfig, sim: dict[s
         "simulated": True,
         "model": request.model, "backbone": pipe.kind, "method": request.method, "preset_settings": config.to_dict(),
         "resolution": config.resolution, "dtype": request.dtype, "low_memory": request.low_memory,
-        "lora_batch_size": config.lora_batch_size, "lora_micro_batch": pipe.lora_micro_batch,
+        "target": request.target,
+        "lora_batch_size": config.lora_batch_size, "lora_micro_batch": micro_batch(pipe, config),
+        "text_encoders_offloaded": pipe.offload_text_encoders,
         "peak_bytes": whole.peak_bytes, "flops": whole.flops, "ops": whole.ops,
         "phases": {k: phases[k].to_dict() for k in PHASES},
         "peak_phase": max(PHASES, key=lambda k: phases[k].peak_bytes),
-        "schedule": dataclasses.asdict(schedule) | {"unet_calls": unet_calls(schedule, config, micro_batches(pipe, config), True)},
+        "schedule": dataclasses.asdict(schedule) | {"unet_calls": unet_calls(schedule, config, micro_batches(pipe, config))},
         "parameters": {name: parameter_count(m) for name, m in _models(pipe).items()},
         "h100_bf16_floor_seconds": whole.flops / H100_BF16_DENSE_FLOPS,
         "short_runs": [{"schedule": dataclasses.asdict(s), "phases": {k: v.to_dict() for k, v in r.items()}}

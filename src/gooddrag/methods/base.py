@@ -264,6 +264,9 @@ for people are :data:`gooddrag.methods.presets.METHOD_LABELS`)."""
     """True: does what its authors' code does (a parity run shows it); False: ours (docs/method.md)."""
     backbones: tuple[str, ...] = ("sd", "sdxl")
     """Backbone kinds (``gooddrag.models.backbone``) it runs on."""
+    mask_required: str | None = None
+    """Set when the method cannot run without a mask: the sentence that says why (front ends refuse
+    a maskless run with it before loading anything; the pipeline's check refuses it too)."""
     check_inputs: Callable[[PreparedInputs, DragConfig], None] | None = None
     """Refuses inputs the method cannot work with (raise InputsCannotWorkError); the pipeline calls it at
     the end of its own input check, before any work."""

@@ -46,14 +46,17 @@ def warp_mask(inputs: PreparedInputs) -> torch.Tensor:
     return fastdrag_warp.latent_mask(inputs.sup_mask.cpu(), inputs.latent_size)
 
 
+NO_MASK = ("FastDrag warps the latent inside the mask: paint a mask over the region to move (without one, or "
+           "with everything editable, the warp has no region)")
+"""Why FastDrag refuses a run without a mask (``DragMethod.mask_required``)."""
+
+
 def check_inputs(inputs: PreparedInputs, config: DragConfig) -> None:
     """FastDrag's refusals, before any work: the warp acts inside the mask, so a mask is required and
     must leave some of the image unchanged; and a handle may not make the mask's first cell placeless
     (where the authors' code crashes, :func:`gooddrag.core.fastdrag_warp.moved_cells`)."""
     if inputs.sup_mask is None or bool(inputs.sup_mask.all()):
-        raise InputsCannotWorkError(
-            "FastDrag warps the latent inside the mask: paint a mask over the region to move (without one, or "
-            "with everything editable, the warp has no region)")
+        raise InputsCannotWorkError(NO_MASK)
     mask = warp_mask(inputs)
     handles, targets = inputs.handle_points.float().cpu(), inputs.target_points.float().cpu()
     if not fastdrag_warp.first_cell_has_place(mask, handles, targets, grid_factor(inputs)):
@@ -119,4 +122,4 @@ def run(model: DenoisingModel, source: DragSource, ctx: DragContext) -> DragOutc
                        timings={"drag": 0.0, "denoise": 0.0} | clock.seconds())
 
 
-__all__ = ["grid_factor", "warp_mask", "check_inputs", "inversion_context", "warp", "denoise", "run"]
+__all__ = ["NO_MASK", "grid_factor", "warp_mask", "check_inputs", "inversion_context", "warp", "denoise", "run"]

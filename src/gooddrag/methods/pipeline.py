@@ -83,6 +83,17 @@ class DragResult:
     """(1, c, h, w) the clean edited latent that was decoded (fp32)."""
 
 
+LORA_PASS_PIXELS = 4 * 512 * 512
+"""Image pixels per LoRA forward pass when ``DragPipeline.lora_micro_batch`` is None: SD 1.5's
+whole batch of 4 at 512 px in one pass (as fast as before), SDXL's at 1024 px one image a pass
+(a quarter of the activations; docs/benchmarks.md, "Memory")."""
+
+
+def lora_micro_batch(pixels: int) -> int:
+    """Images per LoRA forward pass for images of ``pixels`` pixels (:data:`LORA_PASS_PIXELS`)."""
+    return max(1, LORA_PASS_PIXELS // pixels)
+
+
 def image_sha256(image: Image.Image) -> str:
     """Hash of an image's decoded RGB pixels and size (not of its file encoding)."""
     rgb = image.convert("RGB")
@@ -104,6 +115,13 @@ class DragPipeline:
     ``fused_adam`` (on CUDA) uses torch's fused Adam/AdamW kernels; on CUDA the
     UNet is put in channels_last memory format. :meth:`enable_low_memory` trades
     speed for memory.
+
+    Memory settings (attributes; each keeps the result up to float order, tests/test_estimate.py;
+    their effect: ``gooddrag bench estimate``, docs/benchmarks.md): ``lora_micro_batch`` (None: as
+    many images per LoRA forward pass as fit in :data:`LORA_PASS_PIXELS`, e.g. all 4 of SD 1.5's at
+    512 px, one of SDXL's at 1024) splits each LoRA step into passes whose gradients add up;
+    ``offload_text_encoders`` (True) keeps the text encoders on ``offload_device`` (the CPU) except
+    while a prompt is encoded.
     """
 
     def __init__(self, sd_pipeline, *, source: ModelSource | None = None, device="cpu"):
@@ -119,7 +137,12 @@ class DragPipeline:
         )
         self.source = source
         self.device = torch.device(device)
-        self.sd.to(self.device)
+        self.offload_device = torch.device("cpu")
+        self.offload_text_encoders: bool = True
+        self.unet.to(self.device)
+        self.vae.to(self.device)
+        for module in backbone.text_encoders(sd_pipeline):  # on the device only while a prompt is encoded
+            module.to(self.offload_device if self.offload_text_encoders else self.device)
         # Gradients flow to the latent only (LoRA training unfreezes its own
         # parameters): frozen weights spare a weight-gradient matmul per layer in
         # every drag backward pass, and the memory of those gradients.
@@ -131,7 +154,7 @@ class DragPipeline:
         self.fused_adam: bool = cuda
         self.low_memory: bool = False
         self.lora_micro_batch: int | None = None
-        self.offload_device = torch.device("cpu")
+        self.cache_lora: bool = True
         self.hooks = DragHooks()
         if cuda:  # NHWC convolutions (tensor-core friendly); values are unchanged
             self.unet.to(memory_format=torch.channels_last)
@@ -141,7 +164,8 @@ class DragPipeline:
         UNet (recomputes activations in the backward passes of LoRA training and
         the drag instead of keeping them), VAE tiling and slicing (tiles only act
         above the VAE's ``sample_size``, 512 px for SD; slicing decodes a batch
-        one image at a time), the LoRA fusing backup kept on the CPU. Sliced
+        one image at a time), the LoRA fusing backup kept on the CPU, LoRA steps
+        one image a forward pass (``lora_micro_batch`` 1). Sliced
         attention (``attention_slicing=True``) is off by default: torch's
         scaled-dot-product attention, used otherwise, never holds the full
         attention matrix, and sliced attention does; it only helps on devices
@@ -152,6 +176,7 @@ class DragPipeline:
         self.vae.enable_slicing()
         if attention_slicing:
             self.unet.set_attention_slice("auto")
+        self.lora_micro_batch = 1
         self.low_memory = True
         return self
 
@@ -278,7 +303,22 @@ class DragPipeline:
         if size_hw is None:
             side = self.unet.config.sample_size * self.vae_scale_factor
             size_hw = (side, side)
-        return backbone.encode_conditioning(self.sd, prompt, size_hw, self.device)
+        with self._text_encoders_on_device():
+            return backbone.encode_conditioning(self.sd, prompt, size_hw, self.device)
+
+    @contextlib.contextmanager
+    def _text_encoders_on_device(self):
+        """The text encoders on the device inside the block, back on ``offload_device`` after it
+        (``offload_text_encoders``; their outputs are all an edit needs of them)."""
+        encoders = backbone.text_encoders(self.sd)
+        move = self.offload_text_encoders and self.offload_device != self.device
+        for module in encoders if move else ():
+            module.to(self.device)
+        try:
+            yield
+        finally:
+            for module in encoders if move else ():
+                module.to(self.offload_device)
 
     # ------------------------------------------------------------ 3. LoRA
     def prepare_lora(
@@ -296,7 +336,8 @@ class DragPipeline:
     ) -> dict[str, Any]:
         """Attach a LoRA for ``image`` (any size: trained at the config's working size) to the UNet:
         ``lora_path`` if given, else the cached one for (image, model, settings), else train and
-        cache it. Returns a record (``source``: file / none / cache / trained, ``path``, ``key``)."""
+        cache it (``cache_lora``; when False, trained and neither read from nor written to the cache).
+        Returns a record (``source``: file / none / cache / trained, ``path``, ``key``)."""
         if lora_path is not None:
             lora.load_lora(self.unet, Path(lora_path))
             return {"source": "file", "path": str(lora_path)}
@@ -308,13 +349,15 @@ class DragPipeline:
         model_key = self.source.cache_key if self.source else repr(self.unet.config)
         key = lora.lora_cache_key(image_sha256(image), model_key, settings)
         folder = (Path(cache_dir) if cache_dir else lora.default_cache_dir()) / key
-        if (folder / lora.LORA_FILE).is_file():
+        if self.cache_lora and (folder / lora.LORA_FILE).is_file():
             lora.load_lora(self.unet, folder)
             logger.info("LoRA cache hit: %s", folder)
             return {"source": "cache", "path": str(folder / lora.LORA_FILE), "key": key}
         cond = text_embeddings or self.encode_prompt(prompt, working)
         losses = self._train_lora(image.resize((working[1], working[0]), Image.LANCZOS), cond, config,
                                   generator, callback, progress)
+        if not self.cache_lora:
+            return {"source": "trained", "path": None, "key": key, "final_loss": losses[-1] if losses else None}
         path = lora.save_lora(
             self.unet, folder,
             {"settings": settings, "model": model_key, "image_sha256": image_sha256(image), "losses": losses},
@@ -339,7 +382,8 @@ class DragPipeline:
             return lora.train_lora(
                 self.unet, dist, cond.encoder_hidden_states, self.scheduler, config, generator,
                 self.vae.config.scaling_factor, on_step, fused_adam=self.fused_adam,
-                added_cond_kwargs=cond.added_cond_kwargs, micro_batch=self.lora_micro_batch,
+                added_cond_kwargs=cond.added_cond_kwargs,
+                micro_batch=self.lora_micro_batch or lora_micro_batch(working_image.width * working_image.height),
                 host_read=self.hooks.host_read,
             )
         finally:

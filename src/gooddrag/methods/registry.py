@@ -16,6 +16,7 @@ METHODS: dict[str, DragMethod] = {
     "gooddrag-plus": DragMethod("gooddrag-plus", aidd.drag_and_denoise, faithful=False),
     "freedrag": DragMethod("freedrag", freedrag.run, backbones=("sd", "sdxl")),
     "fastdrag": DragMethod("fastdrag", fastdrag.run, backbones=("sd",), check_inputs=fastdrag.check_inputs,
+                           mask_required=fastdrag.NO_MASK,
                            inversion_context=fastdrag.inversion_context),
     "dragnoise": DragMethod("dragnoise", dragnoise.run, backbones=("sd", "sdxl")),
 }

@@ -265,7 +265,7 @@ class Engine:
         trajectory) and its zip. ``callback`` gets each pipeline step event;
         ``on_progress`` the run's :class:`RunProgress` after each event and stage."""
         config = make_config(preset, settings)
-        handles, targets = check_run(image, points, mask)
+        handles, targets = check_run(image, points, mask, config)
         self.location(model)  # an unknown name is refused before queueing
         progress = RunProgress(config)
         report = on_progress or (lambda p: None)

@@ -38,6 +38,7 @@ from .state import (
     describe_mask,
     describe_points,
     load_upload,
+    make_config,
     mask_from_editor,
     mask_from_layers,
     parse_settings,
@@ -163,8 +164,16 @@ class Handlers:
         self.editor_sets = EditorSets()
 
     def preset_value(self, preset: str, name: str):
-        """A settings box's value under ``preset`` (or the fixed demo/test value)."""
-        return self.fixed.get(name, getattr(PRESETS[preset], name))
+        """A settings box's value under ``preset``: the fixed demo/test value where the preset's method
+        takes it (a baseline refuses more than one drag timestep and the settings it does not read),
+        else the preset's."""
+        if name in self.fixed:
+            try:
+                make_config(preset, {name: self.fixed[name]})
+                return self.fixed[name]
+            except GoodDragError:
+                pass
+        return getattr(PRESETS[preset], name)
 
     # -- a new input picture
     def new_input(self, session: str, image: Image.Image, mask: np.ndarray | None, points, note: str,

@@ -59,11 +59,10 @@ class PageRuns:
         clicked = time.monotonic()  # "Done in" counts from here, queue and saving included
         points = self.engine.points(session_of(request))
         mask = mask_from_editor(editor, image.size) if image is not None else None
-        problem = run_problem(image, points, mask)
         try:
+            problem = run_problem(image, points, mask, make_config(preset, settings))
             if problem:
                 raise GoodDragError(problem)
-            make_config(preset, settings)
             self.engine.location(model)
         except GoodDragError as err:
             text = self.engine_message(err)  # in the status beside Run (no toast: they piled up)

@@ -213,9 +213,12 @@ def load_upload(path: str | Path, max_bytes: int = int(MAX_UPLOAD_MB * 2**20), m
         raise GoodDragError(f"{what} {name!r} is not an image this app reads ({kinds})") from None
 
 
-def check_run(image: Image.Image | None, points, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Check what a run needs; returns (handles, targets) or raises a one-line GoodDragError."""
+def check_run(image: Image.Image | None, points, mask: np.ndarray | None = None,
+              config=None) -> tuple[np.ndarray, np.ndarray]:
+    """Check what a run of ``config`` (a DragConfig; None: any method's) needs; returns (handles,
+    targets) or raises a one-line GoodDragError."""
     from ..io.samples import check_mask_covers_points, check_points  # heavy: torch
+    from ..methods.registry import get_method
 
     if image is None:
         raise GoodDragError("no image: upload one or pick an example first")
@@ -227,13 +230,15 @@ def check_run(image: Image.Image | None, points, mask: np.ndarray | None = None)
         )
     if mask is not None:  # a painted mask that misses a handle or target cannot work
         check_mask_covers_points(np.asarray(mask, dtype=bool), handles, targets)
+    elif config is not None and get_method(config.method).mask_required:  # FastDrag's
+        raise GoodDragError(get_method(config.method).mask_required)
     return handles, targets
 
 
-def run_problem(image: Image.Image | None, points, mask: np.ndarray | None = None) -> str | None:
-    """Why a run cannot start, as a sentence for the page, or None when it can."""
+def run_problem(image: Image.Image | None, points, mask: np.ndarray | None = None, config=None) -> str | None:
+    """Why a run of ``config`` cannot start, as a sentence for the page, or None when it can."""
     try:
-        check_run(image, points, mask)
+        check_run(image, points, mask, config)
     except GoodDragError as err:
         text = str(err)
         return text[0].upper() + text[1:] + "."
