@@ -489,6 +489,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--count-ops", action="store_true", help="only count aten operators per UNet call (meta device, any machine)")
     ap.add_argument("--seed", type=int, default=0, help="weights' seed (default: %(default)s)")
     ap.add_argument("--json", default=None, help="write the figures to this file")
+    ap.add_argument("--estimate", nargs="*", default=[], metavar="REPORT",
+                    help="gooddrag bench estimate --json reports (default, --low-memory) to print beside the measured peaks")
     args = ap.parse_args(argv)
     unknown = sorted(set(args.disable) - set(ABLATIONS))
     if unknown:
@@ -534,10 +536,29 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda" and args.model == "sd15" and args.schedule == "full" and args.resolution == 512:
         report["targets"] = check_targets(report)
     print_report(report)
+    report["estimate_vs_measured"] = compare_with_estimates(report, args.estimate)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
     return report
+
+
+def compare_with_estimates(report: dict, estimates: list[str]) -> dict:
+    """Each ``gooddrag bench estimate`` report beside the path it simulates (default, or low_memory
+    with ``--low-memory``): the simulated peak per phase against ``max_memory_allocated``'s; printed."""
+    rows = {}
+    for path_name in estimates:
+        est = json.loads(Path(path_name).read_text())
+        path = "low_memory" if est["low_memory"] else "default"
+        measured = report["paths"].get(path, {}).get("peak_bytes")
+        if not measured:
+            print(f"estimate {path_name}: no measured peaks for the {path} path (CUDA only)")
+            continue
+        rows[path] = {phase: {"estimate": est["phases"][phase]["peak_bytes"], "measured": measured.get(phase)}
+                      for phase in est["phases"]} | {"total": {"estimate": est["peak_bytes"], "measured": measured["total"]}}
+        print(f"{path}: simulated against max_memory_allocated, GiB: " + ", ".join(
+            f"{k} {v['estimate'] / 2**30:.2f}/{(v['measured'] or 0) / 2**30:.2f}" for k, v in rows[path].items()))
+    return rows
 
 
 if __name__ == "__main__":

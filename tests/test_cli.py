@@ -22,6 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
+from gooddrag.errors import GoodDragError
 from gooddrag.cli import build_parser, main
 from gooddrag.io.options import METHOD_SETTINGS
 from gooddrag.io.outputs import RESULT_FILES
@@ -258,6 +259,29 @@ def test_edit_dragdiffusion_drags_at_one_timestep(tmp_path, tiny_model_dir):
     assert rec["config"] == tiny_config("dragdiffusion", drag_end_step=1).to_dict()
     assert rec["stats"]["drag_timesteps"] == 1
     assert len(rec["stats"]["drag_steps_per_timestep"]) == 1
+
+
+# ------------------------------------------------------- a method's own settings (--set)
+def test_set_gives_a_baselines_own_settings_and_refuses_unknown_ones(tmp_path, tiny_model_dir, capsys):
+    from gooddrag.io.options import own_settings
+
+    assert own_settings(["l_expected=0.5", "d_max=3"], "freedrag") == {"l_expected": 0.5, "d_max": 3}
+    assert own_settings(["fastdrag-fill=random", "kv_copy=false"], "fastdrag") == {"fastdrag_fill": "random",
+                                                                                   "kv_copy": False}
+    for bad, words in ((["l_expected=0.5"], "setting of gooddrag"), (["lr"], "NAME=VALUE"),
+                       (["lora_steps=many"], "expected int")):
+        with pytest.raises(GoodDragError, match=words):
+            own_settings(bad, "gooddrag")
+    folder = write_drag100_sample(tmp_path / "sample")
+    out = tmp_path / "out"
+    rc = main(["edit", str(folder), "--method", "freedrag", "--set", "l_expected=0.5", "--out", str(out),
+               "--model", str(tiny_model_dir), "--device", "cpu", "--no-progress", "--lora-steps", "1",
+               "--num-inference-steps", "4"])
+    assert rc == 0, capsys.readouterr().err
+    assert read_record(out)["config"]["l_expected"] == 0.5  # recorded with the run
+    rc = main(["edit", str(folder), "--set", "l_expected=0.5", "--out", str(tmp_path / "no"),
+               "--model", str(tiny_model_dir), "--device", "cpu"])
+    assert rc != 0 and "setting of gooddrag" in capsys.readouterr().err and not (tmp_path / "no").exists()
 
 
 # ------------------------------------------------------------------ help

@@ -9,6 +9,7 @@ plumbing and the pipeline, and no application or the command line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from ..core.warp import FILLS, IMAGE_FILLS, WARP_FIELDS
 from ..errors import GoodDragError
@@ -125,9 +126,10 @@ def add_input_options(p: argparse.ArgumentParser, points: bool = True) -> None:
 def add_method_options(p: argparse.ArgumentParser, lora_file: bool = True) -> None:
     g = p.add_argument_group("method settings (default: the --method preset's value)")
     g.add_argument("--method", default=None, choices=list(METHODS),
-                   help="gooddrag (AIDD + information-preserving loss), the baselines dragdiffusion and "
-                        "freedrag (templates and a line search), or gooddrag-plus (ours: GoodDrag from the "
-                        "warped image, sub-pixel tracking) (default: the preset's, else gooddrag)")
+                   help="gooddrag (AIDD + information-preserving loss), the baselines dragdiffusion, freedrag "
+                        "(templates and a line search), dragnoise (the UNet bottleneck dragged) and fastdrag "
+                        "(one latent warp; needs a mask), or gooddrag-plus (ours: GoodDrag from the warped "
+                        "image, sub-pixel tracking) (default: the preset's, else gooddrag)")
     g.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="named settings; shapes-* are for the shipped shapes-64 model, *-sdxl for SDXL models "
                         "(default: the method's name; shapes-<method> with --model shapes-64; <method>-sdxl "
@@ -136,6 +138,10 @@ def add_method_options(p: argparse.ArgumentParser, lora_file: bool = True) -> No
         values = ", ".join(f"{m} {getattr(PRESETS[m], name)}" for m in METHODS
                            if name not in getattr(PRESETS[m], "UNUSED", ()))
         g.add_argument(flag, dest=name, type=typ, default=None, help=f"{text} (default: {values})")
+    g.add_argument("--set", dest="own_settings", action="append", default=[], metavar="NAME=VALUE",
+                   help="any setting of the method's config by its name, e.g. a baseline's own: --set "
+                        "l_expected=0.5 (freedrag), --set fastdrag_fill=random (fastdrag); repeatable "
+                        "(names and sources: docs/method.md) (default: the preset's)")
     g.add_argument("--seed", type=int, default=PRESETS["gooddrag"].seed,
                    help="seed of the LoRA's noise and timesteps (default: %(default)s)")
     if lora_file:
@@ -166,6 +172,24 @@ def default_preset(args) -> str:
     return presets.for_model(method, model, kind)
 
 
+def own_settings(items: list[str], preset: str) -> dict:
+    """``--set NAME=VALUE`` items as overrides of ``preset``'s config, each value read as the type of
+    the preset's own value; a name the config does not have is refused."""
+    base, out = PRESETS[preset], {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not hasattr(base, name) or name in ("method", "seed"):
+            own = sorted(f.name for f in dataclasses.fields(base) if f.name not in ("method", "seed"))
+            raise GoodDragError(f"--set {item!r}: give NAME=VALUE with a setting of {base.method}: {', '.join(own)}")
+        kind = type(getattr(base, name))
+        try:
+            out[name] = parse_bool(text) if kind is bool else kind(text.strip())
+        except (ValueError, argparse.ArgumentTypeError):
+            raise GoodDragError(f"--set {name}: expected {kind.__name__}, got {text!r}") from None
+    return out
+
+
 def config_from_args(args) -> DragConfig:
     overrides = {name: getattr(args, name) for _, name, _, _ in METHOD_SETTINGS if getattr(args, name) is not None}
     overrides["seed"] = args.seed
@@ -174,7 +198,7 @@ def config_from_args(args) -> DragConfig:
     preset = args.preset or default_preset(args)
     if args.method and PRESETS[preset].method != args.method:
         raise GoodDragError(f"--preset {preset} is a {PRESETS[preset].method} preset but --method is {args.method}")
-    return get_preset(preset, **overrides)
+    return get_preset(preset, **(overrides | own_settings(getattr(args, "own_settings", []), preset)))
 
 
 def config_for_pipeline(args, config: DragConfig, pipe) -> DragConfig:
@@ -183,7 +207,9 @@ def config_for_pipeline(args, config: DragConfig, pipe) -> DragConfig:
     if args.preset or getattr(pipe, "kind", "sd") == "sd":  # gooddrag.models.backbone.SD
         return config
     overrides = {name: getattr(args, name) for _, name, _, _ in METHOD_SETTINGS if getattr(args, name) is not None}
-    return get_preset(presets.for_model(config.method, None, pipe.kind), **overrides, seed=args.seed)
+    preset = presets.for_model(config.method, None, pipe.kind)
+    overrides |= own_settings(getattr(args, "own_settings", []), preset)
+    return get_preset(preset, **overrides, seed=args.seed)
 
 
 def load_pipeline(args):
