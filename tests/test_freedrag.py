@@ -132,8 +132,10 @@ def test_presets_are_the_ui_values_and_their_translations():
             ui.max_drag_steps) == (1.0, 5.0, 4, 10, 5, 300)
     assert (ui.lam, ui.lr, ui.inversion_steps, ui.lora_steps, ui.lora_lr, ui.stop_distance) == (10, 0.01, 35, 200,
                                                                                                   2e-4, 2.0)
+    # shapes-64: the spatial translation, and l_expected tuned on the tuning seeds (config.py says how)
+    assert PRESETS["shapes-freedrag"].l_expected == 0.1
     for family, changed in [("shapes", {"resolution", "sup_res_scale", "feature_block", "mutual_attention_start_layer",
-                                        "stop_distance"}),
+                                        "stop_distance", "l_expected"}),
                             ("sdxl", {"resolution", "feature_block", "mutual_attention_start_layer"})]:
         other = PRESETS[presets.preset_name("freedrag", family)]
         assert {f.name for f in dataclasses.fields(ui) if getattr(ui, f.name) != getattr(other, f.name)} == changed
