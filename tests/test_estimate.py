@@ -232,3 +232,23 @@ def test_memory_targets(model, resolution, low_memory, limit_gb):
     report = E.estimate(E.Request(model=model, resolution=resolution, low_memory=low_memory), progress=False, jobs=2)
     assert report["peak_bytes"] <= limit_gb * 1e9
     assert np.isfinite(report["h100_bf16_floor_seconds"])
+
+
+@pytest.mark.parametrize("flag", ["--jobs", "--lora-micro-batch", "--lora-batch-size"])
+def test_the_command_refuses_counts_below_one_before_any_work(flag, capsys):
+    assert main(["bench", "estimate", flag, "0", "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert f"{flag} must be at least 1" in err and "Traceback" not in err
+
+
+def test_the_report_names_the_size_the_edit_works_at(tiny_folder):
+    from gooddrag.benchmark.estimate import summary_lines
+
+    pipe = E.fake_drag_pipeline(E.Request(model=str(tiny_folder), dtype="fp32"))
+    config = get_preset("gooddrag", resolution=100)
+    assert E.working_side(pipe, config) % pipe.size_multiple == 0 and E.working_side(pipe, config) != 100
+    report = {"model": "m", "backbone": "sd", "method": "gooddrag", "resolution": 100, "working_size": 96,
+              "dtype": "fp32", "low_memory": False, "lora_batch_size": 4, "lora_micro_batch": 4, "phases": {},
+              "peak_bytes": 0, "flops": 0, "ops": 0, "peak_phase": "lora", "h100_bf16_floor_seconds": 0.0,
+              "wall_seconds": 1.0}
+    assert "100 px (works at 96x96)" in summary_lines(report)[0]

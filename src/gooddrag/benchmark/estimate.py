@@ -20,6 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import GoodDragError
+
 ARCHITECTURES = ("sd15", "sd21", "sdxl")
 METHODS = ("gooddrag", "dragdiffusion", "gooddrag-plus")
 """The methods the simulator runs (AIDD's: FreeDrag's line search decides its own schedule)."""
@@ -52,6 +54,10 @@ def add_estimate_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_estimate(args, say) -> int:
     """``gooddrag bench estimate``: prints the table, writes ``--json``; exit 0."""
+    for flag, value in (("--jobs", args.jobs), ("--lora-micro-batch", args.lora_micro_batch),
+                        ("--lora-batch-size", args.lora_batch_size)):
+        if value is not None and value < 1:  # refused before any work
+            raise GoodDragError(f"{flag} must be at least 1, got {value}")
     # heavy: torch, diffusers, transformers
     from .estimate_sim import Request, estimate
 
@@ -70,7 +76,9 @@ def cmd_estimate(args, say) -> int:
 
 def summary_lines(report: dict) -> list[str]:
     """The report as a table: one line a phase, then the whole edit and the H100 floor."""
-    head = (f"simulated: {report['model']} ({report['backbone']}), {report['method']}, {report['resolution']} px, "
+    side = report.get("working_size", report["resolution"])
+    size = f"{report['resolution']} px" + (f" (works at {side}x{side})" if side != report["resolution"] else "")
+    head = (f"simulated: {report['model']} ({report['backbone']}), {report['method']}, {size}, "
             f"{report['dtype']}{', low memory' if report['low_memory'] else ''}, LoRA batch "
             f"{report['lora_batch_size']} in passes of {report['lora_micro_batch']}")
     lines = [head, f"{'phase':<10} {'peak GiB':>9} {'TFLOP':>10} {'operators':>11}"]

@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..core import geometry
 from ..errors import GoodDragError
 from ..methods import aidd, presets, registry
 from ..methods.base import DragHooks, read_to_host
@@ -433,7 +434,8 @@ def report(request: Request, pipe: DragPipeline, config: DragConfig, sim: dict[s
     return {
         "simulated": True,
         "model": request.model, "backbone": pipe.kind, "method": request.method, "preset_settings": config.to_dict(),
-        "resolution": config.resolution, "dtype": request.dtype, "low_memory": request.low_memory,
+        "resolution": config.resolution, "working_size": working_side(pipe, config),
+        "dtype": request.dtype, "low_memory": request.low_memory,
         "target": request.target,
         "lora_batch_size": config.lora_batch_size, "lora_micro_batch": micro_batch(pipe, config),
         "text_encoders_offloaded": pipe.offload_text_encoders,
@@ -447,6 +449,12 @@ def report(request: Request, pipe: DragPipeline, config: DragConfig, sim: dict[s
                        for s, r in zip(RUNS, sim["runs"])],
         "wall_seconds": seconds,
     }
+
+
+def working_side(pipe: DragPipeline, config: DragConfig) -> int:
+    """The side the edit of a square picture works at: the resolution rounded to the model's size
+    multiple (``DragPipeline.working_size``), e.g. 500 -> 512 for SD."""
+    return geometry.working_size(config.resolution, config.resolution, config.resolution, pipe.size_multiple)[0]
 
 
 def _models(pipe: DragPipeline) -> dict[str, torch.nn.Module]:
