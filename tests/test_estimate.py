@@ -168,6 +168,14 @@ def test_text_encoders_wait_on_the_host_between_prompts(tiny_folder):
     assert next(pipe.text_encoder.parameters()).device.type == "meta"
 
 
+def test_turning_offloading_off_after_loading_brings_the_text_encoders_to_the_device(tiny_folder):
+    pipe = E.fake_drag_pipeline(E.Request(model=str(tiny_folder), dtype="fp32"))
+    assert next(pipe.text_encoder.parameters()).device.type == "meta"  # offloaded at load
+    pipe.offload_text_encoders = False
+    pipe.encode_prompt("a prompt", (128, 128))
+    assert next(pipe.text_encoder.parameters()).device.type == "cpu"  # on the device, and kept there
+
+
 def test_offloading_the_text_encoders_does_not_change_the_conditioning():
     pipe = DragPipeline(make_tiny_pipeline(0), device="cpu")
     a = pipe.encode_prompt("a photo of a cat").encoder_hidden_states

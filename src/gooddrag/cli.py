@@ -173,12 +173,11 @@ def _load_inputs(args, need_points: bool = True):
 def cmd_edit(args) -> int:
     import torch  # heavy: keeps gooddrag --help fast
 
-    from .methods.registry import get_method
+    from .methods.registry import check_mask_given
 
     config = config_from_args(args)
     sample = _load_inputs(args)
-    if sample.mask is None and get_method(config.method).mask_required:  # before the model loads
-        raise GoodDragError(get_method(config.method).mask_required)
+    check_mask_given(config.method, sample.mask)  # before the model loads
     out = Path(args.out) if args.out else Path("results") / f"{sample.name}-{config.method}"
     prepare_out_dir(out, args.overwrite)  # fail before the expensive part
     misfit = size_warning(args.model, sample.image.width, sample.image.height)

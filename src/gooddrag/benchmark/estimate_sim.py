@@ -46,7 +46,7 @@ from ..methods import aidd, presets, registry
 from ..methods.base import DragHooks, read_to_host
 from ..methods.base import track as default_track
 from ..methods.config import DragConfig, get_preset
-from ..methods.pipeline import DragPipeline, lora_micro_batch
+from ..methods.pipeline import DragPipeline
 from ..models import backbone
 from .estimate_counters import CUDA_BLOCK, Counters, PhaseFigures, total
 from .estimate_models import (
@@ -269,7 +269,7 @@ def growth(runs: list[dict[str, PhaseFigures]], count: str) -> float:
 
 def micro_batch(pipe: DragPipeline, config: DragConfig) -> int:
     """Images per LoRA forward pass for ``make_inputs``' square picture (``DragPipeline.lora_micro_batch``)."""
-    return min(pipe.lora_micro_batch or lora_micro_batch(config.resolution ** 2), config.lora_batch_size)
+    return min(pipe.lora_images_per_pass(working_side(pipe, config) ** 2), config.lora_batch_size)
 
 
 def micro_batches(pipe: DragPipeline, config: DragConfig) -> int:

@@ -311,16 +311,22 @@ class DragPipeline:
         """The text encoders on the device inside the block, back on ``offload_device`` after it
         (``offload_text_encoders``; their outputs are all an edit needs of them)."""
         encoders = backbone.text_encoders(self.sd)
-        move = self.offload_text_encoders and self.offload_device != self.device
-        for module in encoders if move else ():
-            module.to(self.device)
+        for module in encoders:  # where they are not yet (offloaded, or offloading turned off since)
+            if next(module.parameters()).device != self.device:
+                module.to(self.device)
         try:
             yield
         finally:
-            for module in encoders if move else ():
+            back = self.offload_text_encoders and self.offload_device != self.device
+            for module in encoders if back else ():
                 module.to(self.offload_device)
 
     # ------------------------------------------------------------ 3. LoRA
+    def lora_images_per_pass(self, pixels: int) -> int:
+        """Images per LoRA forward pass for working images of ``pixels`` pixels: ``lora_micro_batch``
+        if set, else as many as fit in :data:`LORA_PASS_PIXELS`."""
+        return self.lora_micro_batch or lora_micro_batch(pixels)
+
     def prepare_lora(
         self,
         image: Image.Image,
@@ -383,7 +389,7 @@ class DragPipeline:
                 self.unet, dist, cond.encoder_hidden_states, self.scheduler, config, generator,
                 self.vae.config.scaling_factor, on_step, fused_adam=self.fused_adam,
                 added_cond_kwargs=cond.added_cond_kwargs,
-                micro_batch=self.lora_micro_batch or lora_micro_batch(working_image.width * working_image.height),
+                micro_batch=self.lora_images_per_pass(working_image.width * working_image.height),
                 host_read=self.hooks.host_read,
             )
         finally:

@@ -6,7 +6,7 @@ plus an entry here, and its presets in :mod:`gooddrag.methods.config` / :mod:`go
 
 from __future__ import annotations
 
-from ..errors import GoodDragError
+from ..errors import GoodDragError, InputsCannotWorkError
 from . import aidd, dragnoise, fastdrag, freedrag
 from .base import DragMethod
 
@@ -38,4 +38,12 @@ def get_method(name: str) -> DragMethod:
         raise GoodDragError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
 
 
-__all__ = ["METHODS", "get_method"]
+def check_mask_given(name: str, mask) -> None:
+    """Refuse a run of method ``name`` without a mask when the method needs one (its
+    ``mask_required`` sentence): what the front ends call before loading a model."""
+    reason = get_method(name).mask_required
+    if mask is None and reason:
+        raise InputsCannotWorkError(reason)
+
+
+__all__ = ["METHODS", "get_method", "check_mask_given"]

@@ -218,7 +218,7 @@ def check_run(image: Image.Image | None, points, mask: np.ndarray | None = None,
     """Check what a run of ``config`` (a DragConfig; None: any method's) needs; returns (handles,
     targets) or raises a one-line GoodDragError."""
     from ..io.samples import check_mask_covers_points, check_points  # heavy: torch
-    from ..methods.registry import get_method
+    from ..methods.registry import check_mask_given
 
     if image is None:
         raise GoodDragError("no image: upload one or pick an example first")
@@ -230,8 +230,8 @@ def check_run(image: Image.Image | None, points, mask: np.ndarray | None = None,
         )
     if mask is not None:  # a painted mask that misses a handle or target cannot work
         check_mask_covers_points(np.asarray(mask, dtype=bool), handles, targets)
-    elif config is not None and get_method(config.method).mask_required:  # FastDrag's
-        raise GoodDragError(get_method(config.method).mask_required)
+    if config is not None:
+        check_mask_given(config.method, mask)  # FastDrag's
     return handles, targets
 
 
