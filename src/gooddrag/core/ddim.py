@@ -37,10 +37,19 @@ def ddim_step(
     ``a_to > a_from``, inversion when ``a_to < a_from``. ``prediction_type`` is
     the model's: ``"epsilon"`` (eps_hat = output) or ``"v_prediction"``
     (x0_hat = sqrt(a) x - sqrt(1 - a) v, eps_hat = sqrt(a) v + sqrt(1 - a) x).
+
+    ``"flow"`` (rectified flow: SD3, FLUX): the levels are signal coefficients ``a = 1 - sigma`` of
+    ``x = a x0 + (1 - a) eps`` and the output is the velocity ``v = eps - x0``; the same deterministic
+    step (x0_hat = x - sigma v, eps_hat = x + (1 - sigma) v, then ``x_to = a_to x0_hat + (1 - a_to)
+    eps_hat``) is the Euler step of the flow ODE, ``x_to = x + (sigma_to - sigma_from) v``
+    (diffusers' ``FlowMatchEulerDiscreteScheduler.step``; docs/method.md, "Flow-matching backbones").
+    ``a_to = 1`` gives the predicted clean latent on either kind.
     """
     a_from = torch.as_tensor(alpha_prod_from, dtype=sample.dtype, device=sample.device)
     a_to = torch.as_tensor(alpha_prod_to, dtype=sample.dtype, device=sample.device)
     model_output = model_output.to(sample.dtype)
+    if prediction_type == "flow":
+        return sample + (a_from - a_to) * model_output
     if prediction_type == "epsilon":
         eps = model_output
         x0 = (sample - (1 - a_from).sqrt() * eps) / a_from.sqrt()
@@ -48,7 +57,7 @@ def ddim_step(
         x0 = a_from.sqrt() * sample - (1 - a_from).sqrt() * model_output
         eps = a_from.sqrt() * model_output + (1 - a_from).sqrt() * sample
     else:
-        raise ValueError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
+        raise ValueError(f"unsupported prediction_type {prediction_type!r} (epsilon, v_prediction or flow)")
     return a_to.sqrt() * x0 + (1 - a_to).sqrt() * eps
 
 
@@ -58,10 +67,12 @@ class DDIMSchedule:
 
     ``timesteps[k]`` (descending) is the k-th denoising timestep;
     ``alphas[k]`` its alpha_prod and ``alphas_prev[k]`` that of the level it
-    denoises to. Inversion walks the same pairs backwards.
+    denoises to. Inversion walks the same pairs backwards. On a flow-matching model
+    (:func:`make_flow_schedule`) the timesteps are floats (sigma x 1000) and the alphas are the
+    signal coefficients ``1 - sigma`` that :func:`ddim_step`'s ``"flow"`` branch takes.
     """
 
-    timesteps: torch.Tensor  # (K,) long
+    timesteps: torch.Tensor  # (K,) long (DDIM) or float (flow: sigma * 1000)
     alphas: torch.Tensor  # (K,) float
     alphas_prev: torch.Tensor  # (K,) float
 
@@ -84,3 +95,23 @@ def make_schedule(scheduler, num_inference_steps: int, inversion_steps: int) -> 
     prev = timesteps - ratio
     alphas_prev = torch.where(prev >= 0, acp[prev.clamp_min(0)], torch.as_tensor(final, dtype=acp.dtype))
     return DDIMSchedule(timesteps=timesteps, alphas=alphas.float(), alphas_prev=alphas_prev.float())
+
+
+def make_flow_schedule(scheduler, num_inference_steps: int, inversion_steps: int, mu: float | None = None,
+                       sigmas=None) -> DDIMSchedule:
+    """The last ``inversion_steps`` of a ``num_inference_steps`` flow-matching schedule.
+
+    ``scheduler`` is the model's own ``FlowMatchEulerDiscreteScheduler``, set up the way its pipeline
+    does (``mu``: the dynamic shift, FLUX; ``sigmas``: explicit sigmas, FLUX passes
+    ``linspace(1, 1/N, N)``); its shifted sigmas end with the terminal 0. Level k's signal
+    coefficient is ``1 - sigma_k``; the last step denoises to ``1 - 0 = 1`` (clean).
+    """
+    kwargs = {"mu": mu} if mu is not None else {}
+    if sigmas is not None:
+        scheduler.set_timesteps(sigmas=sigmas, **kwargs)
+    else:
+        scheduler.set_timesteps(num_inference_steps, **kwargs)
+    first = num_inference_steps - inversion_steps
+    sig = scheduler.sigmas.float()  # (N + 1,) descending, last 0
+    return DDIMSchedule(timesteps=scheduler.timesteps[first:].float(), alphas=1.0 - sig[first:num_inference_steps],
+                        alphas_prev=1.0 - sig[first + 1:num_inference_steps + 1])

@@ -149,6 +149,13 @@ class DragConfig:
     """Refine each tracked handle to a fraction of a cell (:mod:`gooddrag.core.tracking`), so the stop
     rule and the final handles are not whole cells. Not in either authors' code."""
 
+    text_tokens: int = 0
+    """SD3/FLUX only: the T5 token slots of the prompt (``max_sequence_length`` of their pipelines;
+    without T5, SD3 feeds as many zeros). 0: the pipeline's default (SD3 256, FLUX 512)."""
+    distilled_guidance: float = 3.5
+    """FLUX.1-dev only: its guidance-embedding input (a distilled guidance, not CFG); 3.5 is
+    ``FluxPipeline``'s default ``guidance_scale``. Ignored by models without the embedding."""
+
     seed: int = 42
     """Seed of the LoRA's noise and timesteps, and of the warp's ``noise`` fill (the drag itself is deterministic)."""
 
@@ -179,6 +186,8 @@ class DragConfig:
             "drag_loss_threshold": self.drag_loss_threshold >= 0,
             "mutual_attention_start_layer": self.mutual_attention_start_layer >= 0,
             "mutual_attention_start_step": self.mutual_attention_start_step >= 0,
+            "text_tokens": self.text_tokens >= 0,
+            "distilled_guidance": self.distilled_guidance >= 0,
         }
         checks["warp_fill"] = self.warp_fill in FILLS
         checks["warp_field"] = self.warp_field in WARP_FIELDS
@@ -581,6 +590,39 @@ PRESETS["dragnoise-sdxl"] = dataclasses.replace(
 PRESETS["dragnoise-sdxl-768"] = dataclasses.replace(
     PRESETS["dragnoise"], resolution=sdxl.SDXL_LIGHT_RESOLUTION, feature_block=sdxl.SDXL_FEATURE_BLOCK)
 
+
+# Flow-matching transformers (issue P5, docs/method.md "Flow-matching backbones"). GoodDrag's authors
+# ran SD1.5/2.x only, so every value here that is not the SD preset's is ours:
+# - resolution 1024: SD3.5's and FLUX.1's native size (their pipelines' default height and width);
+# - inversion_strength: the same fraction of steps is much noisier on a shifted flow schedule than on
+#   SD1.5's DDIM (docs/dit-plan.md 2.3: at 0.75 SD3's signal/noise is 0.108, SD1.5's 0.253); these
+#   match SD1.5's signal/noise at its 0.75 (SD3, shift 3: 0.58 -> 0.6; FLUX.1 at 1024 px, mu 1.15:
+#   0.56 -> 0.55). Not measured on real weights (no GPU run yet);
+# - feature_block / mutual_attention_start_layer: gooddrag.models.backbone's transformer rule on the
+#   reference layouts (SD3.5-medium: 24 joint blocks, 37 attention layers with its 13 ``attn2``;
+#   FLUX.1: 19 double blocks + 38 single = 57 layers). Another layout (SD3.5-large's 38 blocks) is
+#   refused if a value falls outside it (--set feature_block=N places them).
+SD35_MEDIUM_STRUCTURE = dict(feature_block=12, mutual_attention_start_layer=23)  # round(0.5 x 23); 37 - round(37 x 6/16)
+FLUX1_STRUCTURE = dict(feature_block=9, mutual_attention_start_layer=36)  # round(0.5 x 18); 57 - round(57 x 6/16)
+_SD3 = dict(resolution=1024, inversion_strength=0.6, **SD35_MEDIUM_STRUCTURE)
+_FLUX = dict(resolution=1024, inversion_strength=0.55, **FLUX1_STRUCTURE)
+for _name, _family in (("sd3", _SD3), ("flux", _FLUX)):
+    PRESETS[f"gooddrag-{_name}"] = dataclasses.replace(PRESETS["gooddrag"], **_family)
+    PRESETS[f"dragdiffusion-{_name}"] = dataclasses.replace(PRESETS["dragdiffusion"], **_family)
+    PRESETS[f"gooddrag-plus-{_name}"] = dataclasses.replace(PRESETS["gooddrag-plus"], **_family)
+
+# shapes-dit-64 (src/gooddrag/shapes/train_dit.py: 64 px, 16x16x8 latents in 2x2 patches, an 8x8 token
+# grid, 8 joint blocks, no T5): the shapes-64 presets translated by the rule that set those (r1, r2 and
+# beta keep their size in feature cells): the grid is 4x the feature map as on SD, so sup_res_scale 0.5
+# (a 32x32 grid over 8x8 tokens); text_tokens 8 (the T5 slots it was trained with); feature_block and
+# mutual_attention_start_layer from the model's layout (docs/benchmarks.md says what was measured).
+SHAPES_DIT_SPATIAL = dict(resolution=64, sup_res_scale=0.5, text_tokens=8, stop_distance=1.0, feature_block=4,
+                          mutual_attention_start_layer=5)
+PRESETS["shapes-dit-gooddrag"] = dataclasses.replace(PRESETS["gooddrag"], max_track_no_change=10,
+                                                     **SHAPES_DIT_SPATIAL)
+PRESETS["shapes-dit-dragdiffusion"] = dataclasses.replace(PRESETS["dragdiffusion"], **SHAPES_DIT_SPATIAL)
+PRESETS["shapes-dit-gooddrag-plus"] = dataclasses.replace(PRESETS["shapes-dit-gooddrag"], stop_distance=0.25,
+                                                          **PLUS_OPTIONS)
 
 def get_preset(name: str, **overrides: Any) -> DragConfig:
     """Return preset ``name`` with ``overrides`` applied (unknown names are an error)."""

@@ -27,16 +27,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
 from ..core import geometry, warp
 from ..core.clock import PhaseClock
-from ..core.ddim import DDIMSchedule, ddim_step, make_schedule
+from ..core.ddim import DDIMSchedule, ddim_step, make_flow_schedule, make_schedule
 from ..errors import NO_MASK_WARNING, GoodDragError, InputsCannotWorkError
 from ..models import backbone, lora
-from ..models.attention import SelfAttentionCache, decoder_self_attention_start, mutual_self_attention
+from ..models.attention import SelfAttentionCache, decoder_self_attention_start
+from ..models.denoiser import denoiser_for
 from ..models.features import BlockOverride, FeatureHook
 from ..models.loading import (
     DEFAULT_MODEL,
@@ -103,7 +104,8 @@ def image_sha256(image: Image.Image) -> str:
 
 
 class DragPipeline:
-    """Drag editing on a Stable Diffusion 1.x/2.x or SDXL backbone (the kind read from the model's configs).
+    """Drag editing on a Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5 or FLUX.1 backbone (the kind read from
+    the model's configs; the denoising network behind :mod:`gooddrag.models.denoiser`'s adapter).
 
     Build with :meth:`from_pretrained`; call with an image, handle and target
     points (x, y image pixels), an optional mask (1 = may change) and a
@@ -126,15 +128,19 @@ class DragPipeline:
 
     def __init__(self, sd_pipeline, *, source: ModelSource | None = None, device="cpu"):
         self.sd = sd_pipeline
-        self.unet = sd_pipeline.unet
+        self.kind = backbone.backbone_kind(sd_pipeline)
+        self.denoiser = denoiser_for(self.kind, sd_pipeline)
+        self.unet = self.denoiser.module  # the denoising network: a UNet, or SD3's / FLUX's transformer
         self.vae = sd_pipeline.vae
         self.text_encoder = sd_pipeline.text_encoder
         self.tokenizer = sd_pipeline.tokenizer
-        # DDIM with the model's own betas and prediction type; clip_sample and
-        # set_alpha_to_one off as in the authors' scheduler (docs/method.md, "Pipeline" 5).
-        self.scheduler = DDIMScheduler.from_config(
-            sd_pipeline.scheduler.config, clip_sample=False, set_alpha_to_one=False
-        )
+        if self.denoiser.flow:  # the model's own flow-matching scheduler (docs/method.md, "Flow-matching backbones")
+            self.scheduler = FlowMatchEulerDiscreteScheduler.from_config(sd_pipeline.scheduler.config)
+        else:  # DDIM with the model's own betas and prediction type; clip_sample and
+            # set_alpha_to_one off as in the authors' scheduler (docs/method.md, "Pipeline" 5).
+            self.scheduler = DDIMScheduler.from_config(
+                sd_pipeline.scheduler.config, clip_sample=False, set_alpha_to_one=False
+            )
         self.source = source
         self.device = torch.device(device)
         self.offload_device = torch.device("cpu")
@@ -146,7 +152,6 @@ class DragPipeline:
         # Gradients flow to the latent only (LoRA training unfreezes its own
         # parameters): frozen weights spare a weight-gradient matmul per layer in
         # every drag backward pass, and the memory of those gradients.
-        self.kind = backbone.backbone_kind(sd_pipeline)
         for module in (self.unet, self.vae, *backbone.text_encoders(sd_pipeline)):
             module.requires_grad_(False)
         cuda = self.device.type == "cuda"
@@ -156,7 +161,7 @@ class DragPipeline:
         self.lora_micro_batch: int | None = None
         self.cache_lora: bool = True
         self.hooks = DragHooks()
-        if cuda:  # NHWC convolutions (tensor-core friendly); values are unchanged
+        if cuda and not self.denoiser.flow:  # NHWC convolutions (tensor-core friendly); values are unchanged
             self.unet.to(memory_format=torch.channels_last)
 
     def enable_low_memory(self, attention_slicing: bool = False) -> "DragPipeline":
@@ -200,8 +205,7 @@ class DragPipeline:
         return cls(sd, source=source, device=dev)
 
     def default_config(self, method: str = "gooddrag") -> DragConfig:
-        """The ``method``'s preset that fits this model: ``shapes-<method>`` for the shipped
-        shapes-64, ``<method>-sdxl`` for an SDXL model, else ``<method>``."""
+        """The ``method``'s preset that fits this model (:func:`gooddrag.methods.presets.for_model`)."""
         return PRESETS[presets.for_model(method, self.source.location if self.source else None, self.kind)]
 
     # ------------------------------------------------------------------ sizes
@@ -215,8 +219,8 @@ class DragPipeline:
 
     @property
     def size_multiple(self) -> int:
-        """Image sides must be multiples of this for every UNet level to have an integer size."""
-        return geometry.unet_multiple(self.vae_scale_factor, len(self.unet.config.down_block_types))
+        """Image sides must be multiples of this (every UNet level an integer size; whole patches on a transformer)."""
+        return self.denoiser.size_multiple(self.vae_scale_factor)
 
     def working_size(self, image: Image.Image, config: DragConfig) -> tuple[int, int]:
         """(h, w) working size in pixels for ``image`` under ``config.resolution`` (sides the UNet can take)."""
@@ -236,6 +240,10 @@ class DragPipeline:
             raise GoodDragError(f"image must be a PIL image, got {type(image).__name__}")
         if config.guidance_scale != 1.0:
             raise GoodDragError("guidance_scale other than 1 is not supported (the methods use no CFG)")
+        method = get_method(config.method)
+        if self.kind not in method.backbones:
+            raise InputsCannotWorkError(f"method {config.method} runs on {', '.join(method.backbones)} models, "
+                                        f"not on this {self.kind} model")
         image = image.convert("RGB")
         W, H = image.size
         handles, targets = geometry.check_points(handle_points, target_points, (H, W))
@@ -243,6 +251,8 @@ class DragPipeline:
         working = self.working_size(image, config)
         sup = geometry.sup_grid_size(working, config.sup_res_scale)
         latent = (working[0] // self.vae_scale_factor, working[1] // self.vae_scale_factor)
+        self.denoiser.check_latent(latent)
+        self.denoiser.check_layers(config.feature_block, config.mutual_attention_start_layer)
         # (x, y) input px -> (x, y) working px -> (row, col) supervision cells
         to_grid = lambda pts: geometry.image_to_grid(  # noqa: E731
             geometry.scale_points(torch.as_tensor(pts, dtype=torch.float64), (H, W), working), working, sup
@@ -272,7 +282,6 @@ class DragPipeline:
             mask_given=mask is not None,
             sup_mask=sup_mask.to(self.device),
         )
-        method = get_method(config.method)
         if method.check_inputs is not None:  # the method's own refusals, before any work
             method.check_inputs(prepared, config)
         return prepared
@@ -297,14 +306,19 @@ class DragPipeline:
         return torch.as_tensor(mask_arr, dtype=torch.float32)
 
     # ------------------------------------------------------------ 2. prompt
-    def encode_prompt(self, prompt: str, size_hw: tuple[int, int] | None = None) -> backbone.Conditioning:
+    def encode_prompt(self, prompt: str, size_hw: tuple[int, int] | None = None,
+                      config: DragConfig | None = None) -> backbone.Conditioning:
         """Batch-1 conditioning for ``prompt`` (no CFG): SD's (1, 77, D) text embeddings; SDXL's also
-        take the working image's (h, w) in pixels ``size_hw`` (default: the UNet's native size)."""
+        take the working image's (h, w) in pixels ``size_hw`` (default: the model's native size);
+        SD3/FLUX's T5 length and FLUX's distilled guidance come from ``config`` (``text_tokens``,
+        ``distilled_guidance``; default: the gooddrag preset's)."""
         if size_hw is None:
-            side = self.unet.config.sample_size * self.vae_scale_factor
+            side = self.denoiser.native_latent_side * self.vae_scale_factor
             size_hw = (side, side)
+        config = config or self.default_config()
         with self._text_encoders_on_device():
-            return backbone.encode_conditioning(self.sd, prompt, size_hw, self.device)
+            return backbone.encode_conditioning(self.sd, prompt, size_hw, self.device, text_tokens=config.text_tokens,
+                                                guidance=config.distilled_guidance)
 
     @contextlib.contextmanager
     def _text_encoders_on_device(self):
@@ -351,7 +365,9 @@ class DragPipeline:
             return {"source": "none"}
         image = image.convert("RGB")
         working = self.working_size(image, config)
-        settings = lora.lora_settings(config, prompt) | {"working_size": list(working)}
+        settings = lora.lora_settings(config, prompt, self.denoiser.lora_targets) | {"working_size": list(working)}
+        if self.denoiser.flow:  # what the transformers' conditioning depends on besides the prompt
+            settings |= {"text_tokens": config.text_tokens, "distilled_guidance": config.distilled_guidance}
         model_key = self.source.cache_key if self.source else repr(self.unet.config)
         key = lora.lora_cache_key(image_sha256(image), model_key, settings)
         folder = (Path(cache_dir) if cache_dir else lora.default_cache_dir()) / key
@@ -359,7 +375,7 @@ class DragPipeline:
             lora.load_lora(self.unet, folder)
             logger.info("LoRA cache hit: %s", folder)
             return {"source": "cache", "path": str(folder / lora.LORA_FILE), "key": key}
-        cond = text_embeddings or self.encode_prompt(prompt, working)
+        cond = text_embeddings or self.encode_prompt(prompt, working, config)
         losses = self._train_lora(image.resize((working[1], working[0]), Image.LANCZOS), cond, config,
                                   generator, callback, progress)
         if not self.cache_lora:
@@ -390,7 +406,8 @@ class DragPipeline:
                 self.vae.config.scaling_factor, on_step, fused_adam=self.fused_adam,
                 added_cond_kwargs=cond.added_cond_kwargs,
                 micro_batch=self.lora_images_per_pass(working_image.width * working_image.height),
-                host_read=self.hooks.host_read,
+                host_read=self.hooks.host_read, model_call=self.denoiser.call, shift_factor=self.latent_shift,
+                target_modules=self.denoiser.lora_targets,
             )
         finally:
             bar.close()
@@ -403,42 +420,53 @@ class DragPipeline:
             return self.hooks.pixels(image)
         return self.sd.image_processor.preprocess(image).to(self.device, self.vae.dtype)
 
+    @property
+    def latent_shift(self) -> float:
+        """The VAE's ``shift_factor`` (SD3, FLUX: latents are ``(z - shift) * scale``), 0 where it has none."""
+        return getattr(self.vae.config, "shift_factor", None) or 0.0
+
     @torch.no_grad()
     def encode_image(self, image: Image.Image) -> torch.Tensor:
-        """(1, c, h/f, w/f) fp32 latent (c latent channels, f the VAE factor): the posterior mean times ``vae.config.scaling_factor``."""
+        """(1, c, h/f, w/f) fp32 latent (c latent channels, f the VAE factor): the posterior mean z as
+        ``(z - vae.config.shift_factor) * vae.config.scaling_factor`` (no shift on SD and SDXL)."""
         with backbone.vae_precision(self.vae) as vae_dtype:
             dist = self.vae.encode(self.image_tensor(image).to(vae_dtype)).latent_dist
-        return dist.mean.float() * self.vae.config.scaling_factor
+        return (dist.mean.float() - self.latent_shift) * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
         """(B, c, h, w) latents -> B PIL images."""
+        z = latents / self.vae.config.scaling_factor + self.latent_shift
         with backbone.vae_precision(self.vae) as vae_dtype:
-            out = self.vae.decode((latents / self.vae.config.scaling_factor).to(vae_dtype)).sample
+            out = self.vae.decode(z.to(vae_dtype)).sample
         return self.sd.image_processor.postprocess(out.float(), output_type="pil")
 
     # ------------------------------------------------ the model, as methods see it
     @property
     def prediction_type(self) -> str:
-        """``epsilon`` or ``v_prediction``: what :meth:`model_output` returns (the model's scheduler config)."""
-        return self.scheduler.config.prediction_type
+        """``epsilon``, ``v_prediction`` (the model's scheduler config) or ``flow`` (SD3, FLUX: the
+        velocity ``eps - x0``): what :meth:`model_output` returns."""
+        return self.denoiser.prediction_type
 
     def model_output(self, latents: torch.Tensor, t: torch.Tensor, cond: backbone.Conditioning) -> torch.Tensor:
-        """Model output (eps or v) for fp32 latents (B, c, h, w), returned in fp32.
+        """Model output (eps, v or the flow velocity) for fp32 latents (B, c, h, w), returned in fp32.
 
-        The UNet runs in its weights' dtype (fp16/bf16 or fp32), forward and
+        The network runs in its weights' dtype (fp16/bf16 or fp32), forward and
         backward; latents, DDIM steps, features, losses and the optimiser stay fp32.
         """
-        dtype = self.unet.conv_in.weight.dtype  # not ``unet.dtype``: that walks all modules (ms per call)
-        return self.unet(latents.to(dtype), t, **cond.unet_kwargs(latents.shape[0])).sample.float()
+        kwargs = cond.unet_kwargs(latents.shape[0])
+        return self.denoiser.call(latents.to(self.denoiser.dtype), t, kwargs["encoder_hidden_states"],
+                                  kwargs["added_cond_kwargs"]).float()
 
     def feature_hook(self, block: int) -> FeatureHook:
-        """Keeps the output of decoder block ``block`` ([mid_block, *up_blocks]) of the latest forward pass."""
-        return FeatureHook(self.unet, block)
+        """Keeps the output of decoder block ``block`` ([mid_block, *up_blocks]) of the latest forward pass
+        (a transformer's: the image tokens of joint block ``block`` as a (B, C, h', w') map)."""
+        return self.denoiser.feature_hook(block)
 
     def mutual_attention(self, start_layer: int) -> contextlib.AbstractContextManager:
-        """Mutual self-attention from self-attention layer ``start_layer`` on (:mod:`gooddrag.models.attention`)."""
-        return mutual_self_attention(self.unet, start_layer)
+        """Mutual self-attention from self-attention layer ``start_layer`` on (:mod:`gooddrag.models.attention`;
+        a transformer's joint attention layers: :mod:`gooddrag.models.dit`)."""
+        return self.denoiser.mutual_attention(start_layer)
 
     def block_output_override(self, block: int, value: torch.Tensor) -> BlockOverride:
         """Replace decoder block ``block``'s output ([mid_block, *up_blocks]) by ``value`` while entered
@@ -507,10 +535,16 @@ class DragPipeline:
         xy = geometry.grid_to_image(points_rc.detach().double().cpu(), inputs.sup_size, inputs.working_size)
         return geometry.scale_points(xy, inputs.working_size, inputs.input_size).numpy()
 
-    def _schedule(self, config: DragConfig) -> DDIMSchedule:
-        """The config's DDIM schedule, on the device once: indexing it in the loops then needs no
+    def _schedule(self, config: DragConfig, latent_hw: tuple[int, int]) -> DDIMSchedule:
+        """The config's DDIM schedule (a flow model's: its scheduler's sigmas as its pipeline sets them
+        for a ``latent_hw`` latent), on the device once: indexing it in the loops then needs no
         host-to-device copy (each one a sync)."""
-        schedule = make_schedule(self.scheduler, config.num_inference_steps, config.inversion_steps)
+        n = config.num_inference_steps
+        if self.denoiser.flow:
+            recipe = self.denoiser.flow_schedule_recipe(dict(self.scheduler.config), n, latent_hw)
+            schedule = make_flow_schedule(self.scheduler, n, config.inversion_steps, **recipe)
+        else:
+            schedule = make_schedule(self.scheduler, n, config.inversion_steps)
         return DDIMSchedule(*(x.to(self.device) for x in (schedule.timesteps, schedule.alphas, schedule.alphas_prev)))
 
     # ------------------------------------------------------------- __call__
@@ -544,9 +578,9 @@ class DragPipeline:
         start = mark = clock.now()
         # 1. check inputs
         inputs = self.check_inputs(image, handle_points, target_points, mask, config)
-        schedule = self._schedule(config)
+        schedule = self._schedule(config, inputs.latent_size)
         # 2. encode prompt
-        cond = self.encode_prompt(prompt, inputs.working_size)
+        cond = self.encode_prompt(prompt, inputs.working_size, config)
         try:
             # 3. LoRA
             with self.hooks.phase("lora"):

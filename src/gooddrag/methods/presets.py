@@ -5,7 +5,9 @@ A preset is a named :class:`gooddrag.methods.config.DragConfig` (``config.PRESET
 
 - ``sd``: Stable Diffusion 1.x/2.x at 512 px (the authors' settings);
 - ``sdxl`` / ``sdxl-768``: SDXL's layout at 1024 px / 768 px (docs/sdxl.md);
-- ``shapes``: the shipped shapes-64 model (64 px; docs/benchmarks.md).
+- ``sd3`` / ``flux``: SD3/SD3.5 and FLUX.1 transformers at 1024 px (docs/method.md, "Flow-matching backbones");
+- ``shapes``: the shipped shapes-64 model (64 px; docs/benchmarks.md);
+- ``shapes-dit``: the shipped shapes-dit-64 transformer (64 px).
 
 The family of a model is read once: ``shapes`` when :func:`gooddrag.models.names.info` knows the
 name as a shapes model, else from the backbone kind its configs say (:mod:`gooddrag.models.backbone`),
@@ -15,11 +17,11 @@ never from its name. Names are looked up in :data:`PRESET_NAMES`, never assemble
 from __future__ import annotations
 
 from ..errors import GoodDragError
-from ..models.backbone import SD, SDXL
+from ..models.backbone import FLUX, SD, SD3, SDXL
 from ..models.names import info
 from .config import METHODS, PRESETS
 
-FAMILIES = ("sd", "sdxl", "sdxl-768", "shapes")
+FAMILIES = ("sd", "sdxl", "sdxl-768", "sd3", "flux", "shapes", "shapes-dit")
 PRESET_NAMES: dict[tuple[str, str], str] = {
     ("gooddrag", "sd"): "gooddrag",
     ("dragdiffusion", "sd"): "dragdiffusion",
@@ -43,6 +45,9 @@ PRESET_NAMES: dict[tuple[str, str], str] = {
     ("dragnoise", "sdxl"): "dragnoise-sdxl",
     ("dragnoise", "sdxl-768"): "dragnoise-sdxl-768",
     ("dragnoise", "shapes"): "shapes-dragnoise",
+    **{(method, family): f"{method}-{family}" for family in ("sd3", "flux")
+       for method in ("gooddrag", "dragdiffusion", "gooddrag-plus")},
+    **{(method, "shapes-dit"): f"shapes-dit-{method}" for method in ("gooddrag", "dragdiffusion", "gooddrag-plus")},
 }
 """(method, family) -> preset name: every preset of ``config.PRESETS`` once (a test checks it)."""
 FAMILY_OF_PRESET = {name: family for (_, family), name in PRESET_NAMES.items()}
@@ -60,7 +65,10 @@ FAMILY_LABELS = {
     "sd": "Stable Diffusion settings (512 px)",
     "sdxl": "SDXL settings (1024 px)",
     "sdxl-768": "SDXL settings (768 px)",
+    "sd3": "SD3/SD3.5 settings (1024 px)",
+    "flux": "FLUX.1 settings (1024 px)",
     "shapes": "shapes-64 settings (64 px)",
+    "shapes-dit": "shapes-dit-64 settings (64 px)",
 }
 
 
@@ -77,7 +85,7 @@ def preset_name(method: str, family: str) -> str:
 
 def family_for(model: str | None, kind: str = SD, light: bool = False) -> str:
     """The family of a model: ``shapes`` for a known shapes model (by name or shipped folder),
-    else from its backbone ``kind`` (``backbone.SD`` / ``backbone.SDXL``, read from its configs);
+    else from its backbone ``kind`` (``backbone.SD``, ``SDXL``, ``SD3``, ``FLUX``, read from its configs);
     ``light``: SDXL's 768 px presets."""
     known = info(model)
     if known is not None and known.presets:
@@ -86,6 +94,8 @@ def family_for(model: str | None, kind: str = SD, light: bool = False) -> str:
         return "sdxl-768" if light else "sdxl"
     if kind == SD:
         return "sd"
+    if kind in (SD3, FLUX):
+        return kind
     raise GoodDragError(f"unknown backbone kind {kind!r}")
 
 

@@ -10,10 +10,14 @@ from ..errors import GoodDragError, InputsCannotWorkError
 from . import aidd, dragnoise, fastdrag, freedrag
 from .base import DragMethod
 
+ALL = ("sd", "sdxl", "sd3", "flux")
+"""Every backbone kind (gooddrag.models.backbone.BACKBONES): AIDD and DragDiffusion need only the model's
+output, features, mutual attention and a LoRA, which each denoiser adapter provides."""
+
 METHODS: dict[str, DragMethod] = {
-    "gooddrag": DragMethod("gooddrag", aidd.drag_and_denoise),
-    "dragdiffusion": DragMethod("dragdiffusion", aidd.drag_and_denoise),
-    "gooddrag-plus": DragMethod("gooddrag-plus", aidd.drag_and_denoise, faithful=False),
+    "gooddrag": DragMethod("gooddrag", aidd.drag_and_denoise, backbones=ALL),
+    "dragdiffusion": DragMethod("dragdiffusion", aidd.drag_and_denoise, backbones=ALL),
+    "gooddrag-plus": DragMethod("gooddrag-plus", aidd.drag_and_denoise, faithful=False, backbones=ALL),
     "freedrag": DragMethod("freedrag", freedrag.run, backbones=("sd", "sdxl")),
     "fastdrag": DragMethod("fastdrag", fastdrag.run, backbones=("sd",), check_inputs=fastdrag.check_inputs,
                            mask_required=fastdrag.NO_MASK,

@@ -42,12 +42,25 @@ SD = "sd"
 """Stable Diffusion 1.x/2.x: one CLIP text encoder, UNet conditioned on its hidden states only."""
 SDXL = "sdxl"
 """Stable Diffusion XL (base and fine-tunes): two text encoders, UNet with ``addition_embed_type == "text_time"``."""
-BACKBONES = (SD, SDXL)
+SD3 = "sd3"
+"""Stable Diffusion 3 / 3.5: an ``SD3Transformer2DModel`` (MMDiT), two CLIPs and optionally T5, flow matching."""
+FLUX = "flux"
+"""FLUX.1 (dev and its fine-tunes): a ``FluxTransformer2DModel``, CLIP (pooled) and T5, flow matching."""
+BACKBONES = (SD, SDXL, SD3, FLUX)
+TRANSFORMERS = (SD3, FLUX)
+"""Backbones whose denoiser is a transformer (:mod:`gooddrag.models.denoiser`)."""
 
 # Pipeline classes whose model_index.json names an SD-1.x/2.x-shaped model (text-to-image or image-to-image:
 # the components are what we use, not the class's own __call__).
 _SD_CLASSES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"}
 _SDXL_CLASSES = {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"}
+_SD3_CLASSES = {"StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline"}
+_FLUX_CLASSES = {"FluxPipeline", "FluxImg2ImgPipeline"}
+_TRANSFORMER_KINDS = {"SD3Transformer2DModel": SD3, "FluxTransformer2DModel": FLUX}
+_SUPPORTED = "SD 1.x/2.x, SDXL, SD3/SD3.5 and FLUX.1"
+# diffusers' own markers of original single-file checkpoints (loaders/single_file_utils.py CHECKPOINT_KEY_NAMES)
+_SD3_KEY = "joint_blocks.0.context_block.adaLN_modulation.1.bias"
+_FLUX_KEY = "double_blocks.0.img_attn.norm.key_norm.scale"
 
 # Tensor-name prefixes of an original (SGM/LDM) single-file checkpoint.
 _SGM_TEXT_ENCODER_1 = "conditioner.embedders.0."  # SDXL base: CLIP ViT-L (refiner: OpenCLIP bigG)
@@ -56,8 +69,12 @@ _LDM_ADDED_EMBEDDING = "model.diffusion_model.label_emb."  # SDXL's text_time em
 
 
 # --------------------------------------------------------------------------- recognising the backbone
-def backbone_kind_of_config(model_index: dict[str, Any] | None, unet_config: dict[str, Any] | None) -> str:
-    """``SD`` or ``SDXL`` from a diffusers folder's configs.
+def backbone_kind_of_config(model_index: dict[str, Any] | None, unet_config: dict[str, Any] | None,
+                            transformer_config: dict[str, Any] | None = None) -> str:
+    """``SD``, ``SDXL``, ``SD3`` or ``FLUX`` from a diffusers folder's configs.
+
+    A transformer config (no UNet) decides by its class: ``SD3Transformer2DModel`` is SD3/SD3.5,
+    ``FluxTransformer2DModel`` FLUX.1 (:func:`transformer_kind`).
 
     The UNet config decides when there is one: ``addition_embed_type ==
     "text_time"`` is SDXL's added conditioning (pooled text + size/crop ids),
@@ -84,23 +101,47 @@ def backbone_kind_of_config(model_index: dict[str, Any] | None, unet_config: dic
                 f"{added or unet_config.get('class_embed_type')!r} (supported: SD 1.x/2.x and SDXL)"
             )
         return SD
+    if transformer_config is not None:
+        return transformer_kind(transformer_config, class_name)
     if class_name in _SDXL_CLASSES:
         return SDXL
+    if class_name in _SD3_CLASSES:
+        return SD3
+    if class_name in _FLUX_CLASSES:
+        return FLUX
     if class_name in _SD_CLASSES or class_name is None:
         return SD
-    raise GoodDragError(f"unsupported pipeline class {class_name!r} (supported: SD 1.x/2.x and SDXL)")
+    raise GoodDragError(f"unsupported pipeline class {class_name!r} (supported: {_SUPPORTED})")
+
+
+def transformer_kind(config: dict[str, Any], pipeline_class_name: str | None = None) -> str:
+    """``SD3`` or ``FLUX`` from a transformer's config; FLUX variants whose transformer takes extra
+    input channels (Fill, Depth, Canny: more than 16 x 4 packed) and pipelines other than
+    text-to-image / image-to-image (Kontext, ControlNet) are refused: they need inputs we do not give."""
+    kind = _TRANSFORMER_KINDS.get(config.get("_class_name"))
+    if kind is None:
+        raise GoodDragError(f"unsupported transformer {config.get('_class_name')!r} (supported: {_SUPPORTED})")
+    allowed = _SD3_CLASSES if kind == SD3 else _FLUX_CLASSES
+    if pipeline_class_name is not None and pipeline_class_name not in allowed:
+        raise GoodDragError(f"unsupported pipeline class {pipeline_class_name!r} (supported: {_SUPPORTED})")
+    if kind == FLUX and config.get("in_channels", 64) != 64:
+        raise GoodDragError(f"unsupported FLUX variant: its transformer takes {config.get('in_channels')} input "
+                            "channels (Fill/Depth/Canny models condition on extra images; use FLUX.1-dev or a fine-tune)")
+    return kind
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _configs_of_folder(folder: Path) -> tuple[dict | None, dict | None]:
-    return _read_json(folder / "model_index.json"), _read_json(folder / "unet" / "config.json")
+def _configs_of_folder(folder: Path) -> tuple[dict | None, dict | None, dict | None]:
+    """model_index.json, unet/config.json and transformer/config.json (None where absent)."""
+    return (_read_json(folder / "model_index.json"), _read_json(folder / "unet" / "config.json"),
+            _read_json(folder / "transformer" / "config.json"))
 
 
-def _configs_of_hub(repo_id: str) -> tuple[dict | None, dict | None]:
-    """model_index.json and unet/config.json of a hub repo (from the local cache when offline).
+def _configs_of_hub(repo_id: str) -> tuple[dict | None, dict | None, dict | None]:
+    """model_index.json, unet/config.json and transformer/config.json of a hub repo (from the local cache when offline).
 
     OSError (not cached and no network) propagates: the caller turns it into its offline hint.
     """
@@ -109,11 +150,14 @@ def _configs_of_hub(repo_id: str) -> tuple[dict | None, dict | None]:
     )
 
     index = json.loads(Path(hf_hub_download(repo_id, "model_index.json")).read_text())
-    try:
-        unet = json.loads(Path(hf_hub_download(repo_id, "config.json", subfolder="unet")).read_text())
-    except OSError:  # a repo without a unet/ folder (unusual) is decided by its _class_name
-        unet = None
-    return index, unet
+    configs = []
+    for folder in ("unet", "transformer"):
+        try:
+            configs.append(json.loads(Path(hf_hub_download(repo_id, "config.json", subfolder=folder)).read_text())
+                           if folder in index else None)
+        except OSError:  # a repo without it (unusual) is decided by its _class_name
+            configs.append(None)
+    return index, *configs
 
 
 def checkpoint_keys(path: str | Path) -> list[str]:
@@ -133,12 +177,19 @@ def checkpoint_keys(path: str | Path) -> list[str]:
 
 
 def backbone_kind_of_checkpoint(keys: list[str]) -> str:
-    """``SD`` or ``SDXL`` from an original single-file checkpoint's tensor names.
+    """``SD``, ``SDXL``, ``SD3`` or ``FLUX`` from an original single-file checkpoint's tensor names.
+
+    SD3 and FLUX: the keys diffusers' own single-file loader recognises them by (SD3's first joint
+    block's context AdaLN, FLUX's first double block's key norm), with or without a prefix.
 
     SDXL base files carry two text encoders (``conditioner.embedders.0`` and
     ``.1``) and the UNet's added text/time embedding (``label_emb``); SD 1.x/2.x
     files one text encoder (``cond_stage_model``) and no ``label_emb``.
     """
+    if any(k.endswith(_SD3_KEY) for k in keys):
+        return SD3
+    if any(k.endswith(_FLUX_KEY) for k in keys):
+        return FLUX
     has_1 = any(k.startswith(_SGM_TEXT_ENCODER_1) for k in keys)
     has_2 = any(k.startswith(_SGM_TEXT_ENCODER_2) for k in keys)
     added = any(k.startswith(_LDM_ADDED_EMBEDDING) for k in keys)
@@ -172,29 +223,56 @@ def detect_backbone(source, model_config: str | None = None) -> str:
     return backbone_kind_of_checkpoint(checkpoint_keys(source.location))
 
 
+def model_index_of(source, model_config: str | None = None) -> dict[str, Any] | None:
+    """The ``model_index.json`` of a model source (folder, hub id, or a single file's ``model_config``);
+    None where there is none to read."""
+    where = source.location if source.kind != "file" else model_config
+    if where is None:
+        return None
+    folder = Path(where).expanduser()
+    if folder.is_dir():
+        return _read_json(folder / "model_index.json")
+    try:
+        return _configs_of_hub(where)[0]
+    except OSError:
+        return None
+
+
 def pipeline_class(kind: str):
     """The diffusers pipeline class that holds the components of a ``kind`` backbone."""
     from diffusers import (  # heavy: not for gooddrag --help
+        FluxPipeline,
+        StableDiffusion3Pipeline,
         StableDiffusionPipeline,
         StableDiffusionXLPipeline,
     )
 
-    return {SD: StableDiffusionPipeline, SDXL: StableDiffusionXLPipeline}[kind]
+    return {SD: StableDiffusionPipeline, SDXL: StableDiffusionXLPipeline, SD3: StableDiffusion3Pipeline,
+            FLUX: FluxPipeline}[kind]
 
 
-def pipeline_kwargs(kind: str) -> dict[str, Any]:
+def pipeline_kwargs(kind: str, model_index: dict[str, Any] | None = None) -> dict[str, Any]:
     """Constructor arguments for ``from_pretrained`` / ``from_single_file`` beyond the dtype.
 
     SD: no safety checker (we never call the pipeline's own ``__call__``).
     SDXL: no invisible watermarker (the same reason; it would import ``imwatermark``).
+    SD3 saved without T5 (``model_index`` lists no ``text_encoder_3``): ``text_encoder_3=None``, which
+    diffusers needs at load time to accept the missing component.
     """
     if kind == SD:
         return dict(safety_checker=None, requires_safety_checker=False)
-    return dict(add_watermarker=False)
+    if kind == SDXL:
+        return dict(add_watermarker=False)
+    if kind == SD3 and model_index is not None and not (model_index.get("text_encoder_3") or [None])[0]:
+        return dict(text_encoder_3=None, tokenizer_3=None)
+    return {}
 
 
 def backbone_kind(sd_pipeline) -> str:
-    """``SD`` or ``SDXL`` for a loaded diffusers pipeline (from its UNet config and its text encoders)."""
+    """``SD``, ``SDXL``, ``SD3`` or ``FLUX`` for a loaded diffusers pipeline (from its denoiser's config
+    and its text encoders)."""
+    if getattr(sd_pipeline, "unet", None) is None and getattr(sd_pipeline, "transformer", None) is not None:
+        return transformer_kind(dict(sd_pipeline.transformer.config) | {"_class_name": type(sd_pipeline.transformer).__name__})
     added = getattr(sd_pipeline.unet.config, "addition_embed_type", None)
     if added == "text_time":
         if getattr(sd_pipeline, "text_encoder_2", None) is None:
@@ -204,8 +282,16 @@ def backbone_kind(sd_pipeline) -> str:
 
 
 def text_encoders(sd_pipeline) -> list[torch.nn.Module]:
-    """The pipeline's text encoders: ``[text_encoder]`` (SD) or ``[text_encoder, text_encoder_2]`` (SDXL)."""
-    return [m for m in (sd_pipeline.text_encoder, getattr(sd_pipeline, "text_encoder_2", None)) if m is not None]
+    """The pipeline's text encoders: ``[text_encoder]`` (SD), ``[text_encoder, text_encoder_2]`` (SDXL,
+    FLUX: CLIP and T5), and SD3's ``text_encoder_3`` (T5) when it has one."""
+    names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    return [m for m in (getattr(sd_pipeline, n, None) for n in names) if m is not None]
+
+
+def denoiser_module(sd_pipeline) -> torch.nn.Module:
+    """The denoising network: the UNet (SD, SDXL) or the transformer (SD3, FLUX)."""
+    unet = getattr(sd_pipeline, "unet", None)
+    return unet if unet is not None else sd_pipeline.transformer
 
 
 # --------------------------------------------------------------------------- conditioning
@@ -256,7 +342,8 @@ class Conditioning:
 
 
 @torch.no_grad()
-def encode_conditioning(sd_pipeline, prompt: str, size_hw: tuple[int, int], device) -> Conditioning:
+def encode_conditioning(sd_pipeline, prompt: str, size_hw: tuple[int, int], device,
+                        text_tokens: int = 0, guidance: float = 3.5) -> Conditioning:
     """Batch-1 :class:`Conditioning` for ``prompt`` without classifier-free guidance.
 
     SD: ``StableDiffusionPipeline.encode_prompt`` -> (1, 77, D) hidden states.
@@ -264,12 +351,34 @@ def encode_conditioning(sd_pipeline, prompt: str, size_hw: tuple[int, int], devi
     prompt for both) -> (1, 77, 2048) hidden states and (1, 1280) pooled
     embedding; time ids from :func:`gooddrag.models.sdxl.time_ids` for ``size_hw`` (the working
     image's (h, w) in pixels; SD ignores it).
+    SD3 / FLUX: see :func:`_encode_transformer_prompt` (``text_tokens``; ``guidance``: FLUX.1-dev's
+    distilled guidance, a (1,) ``added_cond_kwargs["guidance"]`` where the transformer embeds one).
     """
     device = torch.device(device)
-    if backbone_kind(sd_pipeline) == SD:
+    kind = backbone_kind(sd_pipeline)
+    if kind == SD:
         embeds, _ = sd_pipeline.encode_prompt(prompt, device, 1, False)
         return Conditioning(embeds)
+    if kind in TRANSFORMERS:
+        cond = _encode_transformer_prompt(sd_pipeline, kind, prompt, device, text_tokens)
+        if kind == FLUX and sd_pipeline.transformer.config.guidance_embeds:
+            cond.added_cond_kwargs["guidance"] = torch.full((1,), float(guidance), device=device)
+        return cond
     return Conditioning(*sdxl.encode_prompt(sd_pipeline, prompt, size_hw, device))
+
+
+def _encode_transformer_prompt(sd_pipeline, kind: str, prompt: str, device, text_tokens: int) -> Conditioning:
+    """SD3: ``StableDiffusion3Pipeline.encode_prompt`` (both CLIPs' penultimate states zero-padded to
+    T5's width, then T5's, or zeros without T5) -> (1, 77 + T, D) and the two CLIPs' pooled outputs
+    (1, P); FLUX: ``FluxPipeline.encode_prompt`` -> T5's (1, T, D) and CLIP's pooled (1, P).
+    ``text_tokens``: T (0: the pipeline's default, 256 / 512)."""
+    extra = {"max_sequence_length": text_tokens} if text_tokens else {}
+    if kind == SD3:
+        embeds, _, pooled, _ = sd_pipeline.encode_prompt(prompt, None, None, device=device, num_images_per_prompt=1,
+                                                         do_classifier_free_guidance=False, **extra)
+    else:
+        embeds, pooled, _ = sd_pipeline.encode_prompt(prompt, None, device=device, num_images_per_prompt=1, **extra)
+    return Conditioning(embeds, {"pooled_projections": pooled})
 
 
 # --------------------------------------------------------------------------- the method's layers
@@ -337,8 +446,28 @@ def mutual_attention_start_layer(unet) -> int:
     return len(names) - round(decoder * share)
 
 
+DIT_FEATURE_DEPTH = 0.5
+"""Ours: the feature block of a transformer, as a share of its joint blocks (tuned on shapes-dit-64's
+tuning seeds, docs/benchmarks.md); no published GoodDrag value exists for transformers."""
+DIT_MUTUAL_SHARE = (SD15_MUTUAL_LAYERS[1] - SD15_MUTUAL_LAYERS[0]) / 16
+"""Ours: mutual attention in the last 6/16 of a transformer's attention layers, SD1.5's share of its
+16 self-attention layers (a first guess, docs/method.md)."""
+
+
+def transformer_structural_settings(transformer) -> dict[str, int]:
+    """``feature_block`` (joint block ``round(DIT_FEATURE_DEPTH x (blocks - 1))``) and
+    ``mutual_attention_start_layer`` (the last :data:`DIT_MUTUAL_SHARE` of the attention layers)
+    of an SD3/FLUX transformer."""
+    blocks = len(transformer.transformer_blocks)
+    layers = len(transformer.attn_processors)
+    return {"feature_block": round(DIT_FEATURE_DEPTH * (blocks - 1)),
+            "mutual_attention_start_layer": layers - round(layers * DIT_MUTUAL_SHARE)}
+
+
 def structural_settings(unet) -> dict[str, int]:
     """DragConfig settings that depend on the UNet's layout: ``feature_block``, ``mutual_attention_start_layer``."""
+    if not hasattr(unet, "up_blocks"):
+        return transformer_structural_settings(unet)
     return {
         "feature_block": feature_block_index(unet),
         "mutual_attention_start_layer": mutual_attention_start_layer(unet),
@@ -385,7 +514,8 @@ def vae_precision(vae) -> Iterator[torch.dtype]:
 
 
 __all__ = [
-    "SD", "SDXL", "BACKBONES", "Conditioning", "encode_conditioning", "detect_backbone",
+    "SD", "SDXL", "SD3", "FLUX", "BACKBONES", "TRANSFORMERS", "denoiser_module", "model_index_of",
+    "transformer_kind", "transformer_structural_settings", "Conditioning", "encode_conditioning", "detect_backbone",
     "backbone_kind", "backbone_kind_of_config", "backbone_kind_of_checkpoint", "checkpoint_keys",
     "pipeline_class", "pipeline_kwargs", "text_encoders", "feature_block_index", "mutual_attention_start_layer",
     "structural_settings", "unet_on_meta", "vae_needs_upcast", "vae_precision",

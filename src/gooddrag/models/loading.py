@@ -74,7 +74,8 @@ class ModelSource:
         if self.kind == "hub":
             return f"hub:{self.location}"
         p = Path(self.location)
-        stat_target = p / "unet" if p.is_dir() and (p / "unet").is_dir() else p
+        weights = next((p / d for d in ("unet", "transformer") if (p / d).is_dir()), None) if p.is_dir() else None
+        stat_target = weights or p
         files = sorted(stat_target.rglob("*")) if stat_target.is_dir() else [stat_target]
         sig = ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files if f.is_file())
         return f"{self.kind}:{p.resolve()}:{sig}"
@@ -180,7 +181,7 @@ def _from_source(source: ModelSource, kwargs: dict, model_config: str | None):
     # SD 1.x/2.x or SDXL, read from the model's own configs (or tensor names), never from its name.
     kind = backbone.detect_backbone(source, model_config)
     cls = backbone.pipeline_class(kind)
-    kwargs = kwargs | backbone.pipeline_kwargs(kind)
+    kwargs = kwargs | backbone.pipeline_kwargs(kind, backbone.model_index_of(source, model_config))
     logger.info("model %s: %s backbone (%s)", source.location, kind, cls.__name__)
     if source.kind == "file":
         if model_config:
@@ -220,7 +221,7 @@ def load_components(
     pipe = _load_pipeline(model, source, dtype, model_config)
     if vae is not None:
         _swap_vae(pipe, vae, dtype, vae_config)
-    for module in (pipe.unet, pipe.vae, *backbone.text_encoders(pipe)):
+    for module in (backbone.denoiser_module(pipe), pipe.vae, *backbone.text_encoders(pipe)):
         module.requires_grad_(False)
         module.eval()
     return pipe, source

@@ -28,6 +28,9 @@ from ..errors import GoodDragError
 
 logger = logging.getLogger(__name__)
 
+ModelCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "dict[str, torch.Tensor] | None"], torch.Tensor]
+"""``(noisy (B, c, h, w), timesteps (B,), hidden states (B, L, D), added) -> output (B, c, h, w)``."""
+
 ADAPTER_NAME = "gooddrag"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -53,8 +56,9 @@ def default_cache_dir() -> Path:
     return Path(root) / "lora"
 
 
-def lora_settings(config: LoraSchedule, prompt: str) -> dict:
-    """The settings a LoRA depends on (beyond the image and the base model)."""
+def lora_settings(config: LoraSchedule, prompt: str, target_modules=TARGET_MODULES) -> dict:
+    """The settings a LoRA depends on (beyond the image and the base model); ``target_modules``: the
+    layers it adapts (the denoiser's, :mod:`gooddrag.models.denoiser`)."""
     return {
         "steps": config.lora_steps,
         "rank": config.lora_rank,
@@ -63,7 +67,7 @@ def lora_settings(config: LoraSchedule, prompt: str) -> dict:
         "weight_decay": config.lora_weight_decay,
         "seed": config.seed,
         "prompt": prompt,
-        "target_modules": TARGET_MODULES,
+        "target_modules": list(target_modules),
     }
 
 
@@ -73,10 +77,10 @@ def lora_cache_key(image_sha256: str, model_key: str, settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def add_lora(unet, rank: int) -> None:
-    """Attach a fresh (trainable) LoRA adapter named ``ADAPTER_NAME`` to ``unet``."""
+def add_lora(unet, rank: int, target_modules=TARGET_MODULES) -> None:
+    """Attach a fresh (trainable) LoRA adapter named ``ADAPTER_NAME`` to ``unet`` (or a transformer)."""
     unet.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=TARGET_MODULES),
+        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(target_modules)),
         adapter_name=ADAPTER_NAME,
     )
 
@@ -179,6 +183,9 @@ def train_lora(
     added_cond_kwargs: dict[str, torch.Tensor] | None = None,
     micro_batch: int | None = None,
     host_read: Callable[[torch.Tensor], list[float]] = torch.Tensor.tolist,
+    model_call: ModelCall | None = None,
+    shift_factor: float = 0.0,
+    target_modules=TARGET_MODULES,
 ) -> list[float]:
     """Fine-tune a fresh LoRA on one image; returns the loss per step (floats).
 
@@ -193,13 +200,17 @@ def train_lora(
     ``micro_batch``: rows of the batch per forward/backward pass (None: all of them), the
     gradients accumulated (:func:`accumulate_gradient`): the same step up to float order, with a
     fraction of the activations. ``host_read``: how the losses come to the host at the end
-    (one read; ``DragHooks.host_read``).
+    (one read; ``DragHooks.host_read``). ``model_call(noisy, t, hidden_states, added)``: how the
+    network is called (default: the UNet's call; :mod:`gooddrag.models.denoiser` gives the
+    transformers'). ``shift_factor``: SD3/FLUX normalise latents as ``(z - shift) * scale``.
+    A flow-matching ``scheduler`` (SD3, FLUX) trains on the flow objective (:func:`noisy_and_target`).
     """
     device, model_dtype = text_embeddings.device, unet.dtype
     # diffusers' add_noise moves the scheduler's alphas_cumprod to the device for
     # good; the caller's schedule maths (make_schedule) must keep its CPU copy.
     scheduler = copy.deepcopy(scheduler)
-    params = attach_fresh_lora(unet, config.lora_rank, generator)
+    params = attach_fresh_lora(unet, config.lora_rank, generator, target_modules)
+    model_call = model_call or unet_call(unet)
     optimizer = torch.optim.AdamW(
         params, lr=config.lora_lr, weight_decay=config.lora_weight_decay, fused=True if fused_adam else None
     )
@@ -212,11 +223,10 @@ def train_lora(
     losses: list[torch.Tensor] = []
     unet.train()
     for step, (eps_latent, noise, timesteps) in enumerate(draws):
-        latents = (mean + std * eps_latent) * scaling_factor  # (B, 4, h, w)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        target = training_target(scheduler, latents, noise, timesteps)
+        latents = (mean + std * eps_latent - shift_factor) * scaling_factor  # (B, 4, h, w)
+        noisy, target, t = noisy_and_target(scheduler, latents, noise, timesteps)
         optimizer.zero_grad(set_to_none=True)  # before the forward pass: last step's gradients freed sooner
-        loss = accumulate_gradient(unet, noisy.to(model_dtype), timesteps, cond, added, target, autocast, micro_batch)
+        loss = accumulate_gradient(model_call, noisy.to(model_dtype), t, cond, added, target, autocast, micro_batch)
         optimizer.step()
         losses.append(loss)
         if step_callback is not None:
@@ -225,7 +235,7 @@ def train_lora(
     return host_read(torch.stack(losses).cpu()) if losses else []
 
 
-def accumulate_gradient(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
+def accumulate_gradient(model_call: ModelCall, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
                         added: dict[str, torch.Tensor] | None, target: torch.Tensor, autocast: torch.autocast,
                         micro_batch: int | None) -> torch.Tensor:
     """One step's MSE loss over the batch (detached), its gradient accumulated in the trainable
@@ -238,7 +248,7 @@ def accumulate_gradient(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond
     size = min(micro_batch or bsz, bsz)
     if size == bsz:
         with autocast:
-            pred = unet(noisy, timesteps, encoder_hidden_states=cond, added_cond_kwargs=added).sample
+            pred = model_call(noisy, timesteps, cond, added)
         loss = torch.nn.functional.mse_loss(pred.float(), target.float())
         loss.backward()
         # A copy: the 0-dim loss mse_loss returns keeps the storage of its (B, 4, h, w) difference
@@ -249,7 +259,7 @@ def accumulate_gradient(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond
         rows = slice(start, min(start + size, bsz))
         part = None if added is None else {k: v[rows] for k, v in added.items()}
         with autocast:
-            pred = unet(noisy[rows], timesteps[rows], encoder_hidden_states=cond[rows], added_cond_kwargs=part).sample
+            pred = model_call(noisy[rows], timesteps[rows], cond[rows], part)
         loss = torch.nn.functional.mse_loss(pred.float(), target[rows].float()) * ((rows.stop - start) / bsz)
         loss.backward()
         total = total + loss.detach()
@@ -266,7 +276,8 @@ def batch_conditioning(text_embeddings: torch.Tensor, added_cond_kwargs: dict[st
     return text_embeddings.expand(batch, -1, -1).to(dtype), added
 
 
-def attach_fresh_lora(unet, rank: int, generator: torch.Generator) -> list[torch.nn.Parameter]:
+def attach_fresh_lora(unet, rank: int, generator: torch.Generator,
+                      target_modules=TARGET_MODULES) -> list[torch.nn.Parameter]:
     """Replace any adapter by a fresh one of ``rank``; returns its trainable (fp32) parameters.
 
     peft draws the adapter's initial weights from torch's global RNG: it is seeded from
@@ -276,7 +287,7 @@ def attach_fresh_lora(unet, rank: int, generator: torch.Generator) -> list[torch
     init_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        add_lora(unet, rank)
+        add_lora(unet, rank, target_modules)
     cast_training_params(unet, dtype=torch.float32)  # fp32 master weights under fp16/bf16 models
     return [p for p in unet.parameters() if p.requires_grad]
 
@@ -295,6 +306,35 @@ def draw_training_noise(steps: int, shape: tuple[int, ...], num_train_timesteps:
         return []
     all_eps, all_noise, all_t = (torch.stack(d).to(device) for d in zip(*draws))  # (steps, B, ...)
     return list(zip(all_eps, all_noise, all_t))
+
+
+def unet_call(unet) -> ModelCall:
+    """The UNet's call as :func:`train_lora` makes it."""
+    return lambda noisy, t, cond, added: unet(noisy, t, encoder_hidden_states=cond, added_cond_kwargs=added).sample
+
+
+def is_flow(scheduler) -> bool:
+    """True for a flow-matching scheduler (SD3, FLUX: ``FlowMatchEulerDiscreteScheduler``)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
+
+
+def noisy_and_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, index: torch.Tensor):
+    """(noisy latents, training target, timesteps the network takes) for training indices ``index`` (B,)
+    in [0, num_train_timesteps).
+
+    DDPM-style schedulers: ``scheduler.add_noise`` and :func:`training_target` at timestep = index.
+    Flow matching (Esser et al. 2024, eq. 1-2; diffusers' SD3/FLUX DreamBooth scripts): sigma =
+    the scheduler's training table at ``index`` (shifted as the model was trained), ``x = (1 -
+    sigma) x0 + sigma noise``, target ``noise - x0``, timestep ``sigma x 1000``. The index is drawn
+    uniformly as for the UNet models (the scripts' default is the logit-normal density).
+    """
+    if not is_flow(scheduler):
+        return scheduler.add_noise(latents, noise, index), training_target(scheduler, latents, noise, index), index
+    table = type(scheduler).from_config(scheduler.config)  # the training table (set_timesteps changes it)
+    sigma = table.sigmas.to(latents.device)[index].view(-1, *([1] * (latents.dim() - 1)))
+    return (1.0 - sigma) * latents + sigma * noise, noise - latents, sigma.flatten() * 1000
 
 
 def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

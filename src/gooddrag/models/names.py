@@ -22,6 +22,8 @@ from ..errors import GoodDragError
 
 SHAPES_MODEL = "shapes-64"
 """The small offline model shipped inside the package (64x64 synthetic scenes)."""
+SHAPES_DIT_MODEL = "shapes-dit-64"
+"""Its flow-matching transformer counterpart (an SD3-layout MMDiT on the same scenes)."""
 DEFAULT_HUB_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 """Stable Diffusion 1.5 on the hub (maintained mirror of the removed runwayml repository)."""
 
@@ -31,7 +33,7 @@ class ModelInfo:
     """What the tools know about a named model.
 
     location: a hub id, or (``shipped``) a folder inside the installed package;
-    presets: ``"shapes"`` when the shapes-* presets fit it, else ``""``;
+    presets: the preset family made for it (``"shapes"``, ``"shapes-dit"``), else ``""`` (read from its configs);
     native_size: the image side it was trained on (a warning is shown when a
     picture is far from it); domain: a few words on what it draws.
     """
@@ -55,6 +57,8 @@ def shipped_model_dir(name: str = SHAPES_MODEL) -> Path:
 BUILTIN = {
     SHAPES_MODEL: ModelInfo(SHAPES_MODEL, SHAPES_MODEL, shipped=True, presets="shapes", native_size=64,
                             domain="flat coloured shapes on a plain background, 64x64"),
+    SHAPES_DIT_MODEL: ModelInfo(SHAPES_DIT_MODEL, SHAPES_DIT_MODEL, shipped=True, presets="shapes-dit",
+                                native_size=64, domain="flat coloured shapes on a plain background, 64x64"),
     DEFAULT_HUB_MODEL: ModelInfo(DEFAULT_HUB_MODEL, DEFAULT_HUB_MODEL),
 }
 """The names known without configuration: the shipped model and the default hub id."""
