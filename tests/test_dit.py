@@ -265,3 +265,23 @@ def test_conditioning_shapes_by_hand(loaded):
     assert sd3.added_cond_kwargs["pooled_projections"].shape == (1, 64)
     flux = backbone.encode_conditioning(loaded["flux"].sd, "a b", (64, 64), "cpu", text_tokens=8)
     assert flux.encoder_hidden_states.shape == (1, 8, 96) and flux.added_cond_kwargs["guidance"].shape == (1,)
+
+
+def test_sd3_single_file_checkpoint_loads_the_same_transformer(tiny_folders, tmp_path):
+    """An SD3 single file (Stability's names, transformer and VAE) with --model-config: detected as SD3
+    from its tensor names, and the same model output as the folder it was written from."""
+    from .sd3_single_file_checkpoint import save_sd3_single_file_checkpoint
+
+    path = save_sd3_single_file_checkpoint(tiny_folders["sd3"], tmp_path / "tiny-sd3.safetensors")
+    assert backbone.backbone_kind_of_checkpoint(backbone.checkpoint_keys(path)) == SD3
+    single = DragPipeline.from_pretrained(str(path), model_config=str(tiny_folders["sd3"]), device="cpu")
+    folder = DragPipeline.from_pretrained(str(tiny_folders["sd3"]), device="cpu")
+    assert single.kind == SD3
+    cond = folder.encode_prompt("", (32, 32), _tiny_config(folder, "gooddrag"))
+    latents = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(single.model_output(latents, torch.tensor(300.0), cond),
+                                   folder.model_output(latents, torch.tensor(300.0), cond), rtol=0, atol=1e-6)
+        torch.testing.assert_close(single.encode_image(_picture()), folder.encode_image(_picture()), rtol=0, atol=1e-5)
+    with pytest.raises(GoodDragError, match="pass --model-config with a local diffusers folder"):
+        DragPipeline.from_pretrained(str(path), device="cpu")  # offline: no configs to read

@@ -268,6 +268,27 @@ def pipeline_kwargs(kind: str, model_index: dict[str, Any] | None = None) -> dic
     return {}
 
 
+SINGLE_FILE_PARTS: dict[str, dict[str, tuple[str, ...]]] = {
+    SD3: {"text_encoders.clip_l.": ("text_encoder", "tokenizer"), "text_encoders.clip_g.": ("text_encoder_2", "tokenizer_2"),
+          "text_encoders.t5xxl.": ("text_encoder_3", "tokenizer_3")},
+    FLUX: {"text_encoders.clip_l.": ("text_encoder", "tokenizer"), "text_encoders.t5xxl.": ("text_encoder_2", "tokenizer_2"),
+           "vae.": ("vae",)},
+}
+"""Per transformer kind: the key prefix of a component inside an original single file -> the pipeline
+components it holds. Stability's and Black Forest Labs' files come with and without their text
+encoders (SD3-medium's ``sd3_medium.safetensors`` has none; FLUX.1's has the transformer only)."""
+
+
+def components_missing_from_checkpoint(kind: str, keys: list[str]) -> list[str]:
+    """The pipeline components of a ``kind`` single file whose weights the file does not hold (read
+    from the model's config folder instead); none for SD and SDXL (their files hold everything)."""
+    missing = []
+    for prefix, components in SINGLE_FILE_PARTS.get(kind, {}).items():
+        if not any(k.startswith(prefix) or k.startswith("model." + prefix) for k in keys):
+            missing.extend(components)
+    return missing
+
+
 def backbone_kind(sd_pipeline) -> str:
     """``SD``, ``SDXL``, ``SD3`` or ``FLUX`` for a loaded diffusers pipeline (from its denoiser's config
     and its text encoders)."""
@@ -515,7 +536,7 @@ def vae_precision(vae) -> Iterator[torch.dtype]:
 
 __all__ = [
     "SD", "SDXL", "SD3", "FLUX", "BACKBONES", "TRANSFORMERS", "denoiser_module", "model_index_of",
-    "transformer_kind", "transformer_structural_settings", "Conditioning", "encode_conditioning", "detect_backbone",
+    "transformer_kind", "transformer_structural_settings", "components_missing_from_checkpoint", "SINGLE_FILE_PARTS", "Conditioning", "encode_conditioning", "detect_backbone",
     "backbone_kind", "backbone_kind_of_config", "backbone_kind_of_checkpoint", "checkpoint_keys",
     "pipeline_class", "pipeline_kwargs", "text_encoders", "feature_block_index", "mutual_attention_start_layer",
     "structural_settings", "unet_on_meta", "vae_needs_upcast", "vae_precision",

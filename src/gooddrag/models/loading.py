@@ -7,6 +7,7 @@ from its name. Errors a user can cause become :class:`GoodDragError`.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 import torch
 from diffusers import AutoencoderKL
+from diffusers.loaders.single_file_utils import SingleFileComponentError
 from huggingface_hub import constants, try_to_load_from_cache
 
 from ..errors import GoodDragError, ModelUnavailableError
@@ -185,9 +187,32 @@ def _from_source(source: ModelSource, kwargs: dict, model_config: str | None):
     logger.info("model %s: %s backbone (%s)", source.location, kind, cls.__name__)
     if source.kind == "file":
         if model_config:
-            kwargs = kwargs | {"config": model_config}
+            kwargs = kwargs | {"config": model_config} | _components_from_config(kind, source, kwargs, model_config)
         return cls.from_single_file(source.location, **kwargs)
     return cls.from_pretrained(source.location, **kwargs)
+
+
+def _components_from_config(kind: str, source: ModelSource, kwargs: dict, model_config: str) -> dict:
+    """The components an SD3/FLUX single file lacks (often its text encoders), loaded from ``model_config``
+    with diffusers' own loader (``from_single_file`` would otherwise refuse the file)."""
+    missing = [name for name in backbone.components_missing_from_checkpoint(
+        kind, backbone.checkpoint_keys(source.location)) if name not in kwargs]
+    if not missing:
+        return {}
+    index = backbone.model_index_of(ModelSource("folder" if Path(model_config).is_dir() else "hub", model_config))
+    logger.info("single file %s lacks %s: read from %s", source.location, ", ".join(missing), model_config)
+    return {name: _component(model_config, name, (index or {}).get(name), kwargs.get("torch_dtype"))
+            for name in missing}
+
+
+def _component(model_config: str, name: str, entry: list | None, dtype: torch.dtype | None):
+    """Component ``name`` of the diffusers model ``model_config``, of the class its model_index.json names
+    (``[library, class]``); None where the model has none (SD3 without T5)."""
+    if not entry or entry[0] is None:
+        return None
+    cls = getattr(importlib.import_module(entry[0]), entry[1])
+    extra = {"torch_dtype": dtype} if name.startswith(("text_encoder", "vae")) else {}
+    return cls.from_pretrained(model_config, subfolder=name, **extra)
 
 
 def load_components(
@@ -237,7 +262,7 @@ def _load_pipeline(model: str, source: ModelSource, dtype: torch.dtype, model_co
             return _from_source(source, kwargs, model_config)
     except GoodDragError:
         raise
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SingleFileComponentError) as err:
         if source.kind == "file" and not model_config:
             raise GoodDragError(
                 f"cannot load the configs for single-file checkpoint {model!r} offline "
