@@ -20,7 +20,7 @@ from .benchmark import register_commands, run_command
 from .methods.config import METHODS
 from .shapes.scenes import ALL_KINDS, make_benchmark_cases
 from .errors import GoodDragError
-from .models.names import SHAPES_MODEL, size_warning
+from .models.names import SHAPES_DIT_MODEL, SHAPES_MODEL, size_warning
 from .io.options import (
     add_input_options,
     add_method_options,
@@ -78,11 +78,14 @@ def _add_lora_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="offline demo on the shipped shapes-64 model, scored against the exact answer",
+    demo = sub.add_parser("demo", help="offline demo on a shipped shapes model, scored against the exact answer",
                           description="Make two synthetic scenes with a known answer (an object moved, an object "
                                       "turned), drag them with GoodDrag and GoodDrag+ on the shipped shapes-64 "
-                                      "model (no network, CPU is enough), write one comparison picture and the "
+                                      "(or shapes-dit-64) model (no network, CPU is enough), write one comparison picture and the "
                                       "result folders, and print each result's scores against the exact answer.")
+    demo.add_argument("--model", default=SHAPES_MODEL, choices=[SHAPES_MODEL, SHAPES_DIT_MODEL],
+                      help=f"shipped model: {SHAPES_MODEL} (a UNet) or {SHAPES_DIT_MODEL} (an SD3-layout "
+                           "flow-matching transformer) (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="scene and LoRA seed (default: %(default)s)")
     demo.add_argument("--kind", default="single", choices=["single", "multi_point", "multi_object"],
                       help="kind of the moved scene (default: %(default)s)")
@@ -104,7 +107,7 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_bench_shapes_parser(bench_sub: argparse._SubParsersAction) -> None:
     shapes = bench_sub.add_parser(
-        "shapes", help="exact-ground-truth benchmark on synthetic scenes with the shipped shapes-64 model",
+        "shapes", help="exact-ground-truth benchmark on synthetic scenes with a shipped shapes model",
         description="Drag cases drawn by seed on synthetic scenes whose right answer is known exactly; "
                     "scores each method by where the moved object really ended up.")
     shapes.add_argument("--cases", type=int, default=50,
@@ -116,9 +119,12 @@ def _add_bench_shapes_parser(bench_sub: argparse._SubParsersAction) -> None:
     shapes.add_argument("--per-kind", type=int, default=10,
                         help="cases of each deformation kind (default: %(default)s)")
     shapes.add_argument("--seed", type=int, default=0, help="seed the cases are drawn from (default: %(default)s)")
+    shapes.add_argument("--model", default=SHAPES_MODEL, choices=[SHAPES_MODEL, SHAPES_DIT_MODEL],
+                        help=f"shipped model: {SHAPES_MODEL} (a UNet) or {SHAPES_DIT_MODEL} (a flow-matching "
+                             "transformer; gooddrag, gooddrag-plus and dragdiffusion only) (default: %(default)s)")
     shapes.add_argument("--method", default=",".join(("gooddrag", "gooddrag-plus", "dragdiffusion", "identity",
                                                       "autoencoder")),
-                        help="comma-separated methods: any method with a shapes-64 preset (gooddrag, "
+                        help="comma-separated methods: any method with a preset for the --model (gooddrag, "
                              "gooddrag-plus, and the baselines dragdiffusion, freedrag, ...), and the reference "
                              "rows identity (the input) and autoencoder (the answer through the model's VAE) "
                              "(default: %(default)s)")
@@ -250,14 +256,14 @@ def cmd_demo(args) -> int:
 
     out = prepare_out_dir(args.out, args.overwrite)
     methods = [args.method] if args.method else list(DEMO_METHODS)
-    pipe = load_shapes_pipeline(device=args.device)
+    pipe = load_shapes_pipeline(device=args.device, model=args.model)
     runs = run_demo(pipe, demo_cases(args.seed, args.kind), methods, seed=args.seed, progress=not args.no_progress)
     for run in runs:  # one result folder per scene and method, as gooddrag edit writes it
         folder = out / f"{run.scene}-{run.method}"
         record = run_record(
             result=run.result, config=run.result.config, seed=args.seed,
             inputs={"layout": "shapes", "case_seed": run.case.seed, "kind": run.case.kind, "size": run.case.size},
-            model={"model": SHAPES_MODEL, "kind": pipe.source.kind if pipe.source else None,
+            model={"model": args.model, "kind": pipe.source.kind if pipe.source else None,
                    "device": str(pipe.device), "dtype": "fp32"},
             argv=["gooddrag", *args.argv],
         ) | {"ground_truth_scores": run.scores}
@@ -281,13 +287,15 @@ def cmd_bench(args) -> int:
     if args.bench_command != "shapes":
         raise GoodDragError("choose a benchmark: gooddrag bench shapes | run | eval | compare | estimate")
     from .shapes.benchmark import (  # heavy: torch
-        BENCH_METHODS, load_shapes_pipeline, run_benchmark, summarize_by_kind, write_report,
+        load_shapes_pipeline, methods_for, run_benchmark, summarize_by_kind, write_report,
     )
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    bad = [m for m in methods if m not in BENCH_METHODS]
+    offered = methods_for("shapes-dit" if args.model == SHAPES_DIT_MODEL else "shapes")
+    bad = [m for m in methods if m not in offered]
     if bad or not methods:
-        raise GoodDragError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(BENCH_METHODS)}")
+        raise GoodDragError(f"unknown method(s) {', '.join(bad) or '(none)'} for {args.model}; choose from "
+                            f"{', '.join(offered)}")
     if args.cases < 1:
         raise GoodDragError(f"--cases must be at least 1, got {args.cases}")
     if args.per_kind < 1:
@@ -300,10 +308,10 @@ def cmd_bench(args) -> int:
     if not cases:
         raise GoodDragError(f"no case of kind(s) {', '.join(kinds)} among the {args.cases} translation cases")
     out = prepare_out_dir(args.out, args.overwrite)
-    pipe = load_shapes_pipeline(device=args.device)
+    pipe = load_shapes_pipeline(device=args.device, model=args.model)
     rows, images = run_benchmark(pipe, cases, methods, seed=args.seed, progress=not args.no_progress)
     summary = summarize_by_kind(rows)
-    write_report(out, rows, summary, cases, images, methods, seed=args.seed)
+    write_report(out, rows, summary, cases, images, methods, seed=args.seed, model=args.model)
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.md, results.csv, summary.json, figure.png")
     return 0

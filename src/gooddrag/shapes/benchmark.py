@@ -25,22 +25,24 @@ from tqdm.auto import tqdm
 from ..io.outputs import draw_points
 from ..methods import presets
 from ..methods.config import get_preset
-from ..models.names import SHAPES_MODEL, shipped_model_dir  # noqa: F401 - shipped_model_dir: for callers of this module
+from ..models.backbone import TRANSFORMERS
+from ..models.names import SHAPES_DIT_MODEL, SHAPES_MODEL, shipped_model_dir
 from .metrics import DEFORMATION_SUCCESS, case_metrics, success_threshold, summarize
 from .scenes import ALL_KINDS, DragCase, make_case, make_deformation_case
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = SHAPES_MODEL
+SHAPES_MODELS = (SHAPES_MODEL, SHAPES_DIT_MODEL)
+"""The shipped shapes models the benchmark and the demo run on: the UNet and its transformer counterpart."""
 REFERENCE_METHODS = ("identity", "autoencoder")
 """Reference rows: the input unchanged (what doing nothing scores) and the exact answer passed
 through the model's own autoencoder (the best any edit by this model can score: the ceiling)."""
-BENCH_METHODS = (*(method for (method, family) in presets.PRESET_NAMES if family == "shapes"), *REFERENCE_METHODS)
-"""Every method with a shapes-64 preset (the one preset table), then the reference rows."""
 
 
-def load_shapes_pipeline(device: str = "cpu", dtype: str = "fp32", folder=None):
-    """The shipped shapes-64 model (or another trained shapes folder, ``folder``). On the CPU, torch runs it on one thread: the model is too small
+def load_shapes_pipeline(device: str = "cpu", dtype: str = "fp32", folder=None, model: str = SHAPES_MODEL):
+    """The shipped shapes model ``model`` (shapes-64 or shapes-dit-64), or another trained shapes folder,
+    ``folder``. On the CPU, torch runs it on one thread: the model is too small
     to gain from more (a UNet forward: 9.3 ms on 2 threads, 10.4 ms on 1, on a 2-core machine),
     and 2-thread OpenMP regions stall when anything else uses the second core (`gooddrag demo`
     measured 149 s instead of 5.7 s beside one other busy process)."""
@@ -49,7 +51,27 @@ def load_shapes_pipeline(device: str = "cpu", dtype: str = "fp32", folder=None):
 
     if device == "cpu":
         torch.set_num_threads(1)
-    return DragPipeline.from_pretrained(str(folder or shipped_model_dir()), device=device, dtype=dtype)
+    return DragPipeline.from_pretrained(str(folder or shipped_model_dir(model)), device=device, dtype=dtype)
+
+
+def shapes_family(pipe) -> str:
+    """The preset family of a shapes model: ``shapes-dit`` for a transformer (the kind its configs
+    say), else ``shapes``."""
+    return "shapes-dit" if pipe.kind in TRANSFORMERS else "shapes"
+
+
+def model_name(pipe) -> str:
+    """The shipped name of a shapes pipeline (its folder's name otherwise)."""
+    return Path(pipe.source.location).name if pipe.source else MODEL_NAME
+
+
+def methods_for(family: str) -> tuple[str, ...]:
+    """The methods with a preset for ``family`` (the one preset table), then the reference rows."""
+    return (*(method for (method, fam) in presets.PRESET_NAMES if fam == family), *REFERENCE_METHODS)
+
+
+BENCH_METHODS = methods_for("shapes")
+"""Every method with a shapes-64 preset, then the reference rows."""
 
 
 def edit_case(pipe, case: DragCase, method: str, *, seed: int = 0, lora_cache_dir=None,
@@ -62,7 +84,7 @@ def edit_case(pipe, case: DragCase, method: str, *, seed: int = 0, lora_cache_di
         with torch.no_grad():
             (decoded,) = pipe.decode_latents(pipe.encode_image(Image.fromarray(case.ground_truth)))
         return np.asarray(decoded.convert("RGB")), time.perf_counter() - t0, None
-    config = get_preset(presets.preset_name(method, "shapes"), seed=seed, **overrides)
+    config = get_preset(presets.preset_name(method, shapes_family(pipe)), seed=seed, **overrides)
     result = pipe(
         Image.fromarray(case.image), case.handle_points, case.target_points, mask=case.mask, config=config,
         generator=torch.Generator().manual_seed(seed), lora_cache_dir=lora_cache_dir,
@@ -102,10 +124,10 @@ def summarize_by_kind(rows) -> dict:
     return {k: summarize([r for r in rows if r["kind"] == k]) for k in kinds} | {"all": summarize(rows)}
 
 
-def markdown_table(summary: dict, *, cases: int, seed: int, size: int) -> str:
+def markdown_table(summary: dict, *, cases: int, seed: int, size: int, model: str = MODEL_NAME) -> str:
     """One table per kind (``summary`` from :func:`summarize_by_kind`)."""
     head = (
-        f"Shapes benchmark: {cases} cases, seed {seed}, {size}x{size} px, model {MODEL_NAME}.\n\n"
+        f"Shapes benchmark: {cases} cases, seed {seed}, {size}x{size} px, model {model}.\n\n"
         f"Translation kinds: error = the moved objects' centroid error, success = every moved object within "
         f"{success_threshold(size):g} px of its true place. Deformation kinds (rotate, scale, stretch): error = "
         "the per-point error (each handle taken by the pose the result reached, against where the answer's "
@@ -158,20 +180,23 @@ def figure(cases, images, methods, path: Path, n: int = 4, scale: int = 3) -> No
     fig.save(path)
 
 
-def write_report(out: Path, rows, summary, cases, images, methods, *, seed: int) -> None:
+def write_report(out: Path, rows, summary, cases, images, methods, *, seed: int, model: str = MODEL_NAME) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "results.md").write_text(markdown_table(summary, cases=len(cases), seed=seed, size=cases[0].size))
+    (out / "results.md").write_text(markdown_table(summary, cases=len(cases), seed=seed, size=cases[0].size,
+                                                   model=model))
     rows = [dict(r) for r in rows]  # csv: every row the same columns
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_fmt))
     figure(cases, images, methods, out / "figure.png")
 
 
-def config_record(method: str, seed: int) -> dict:
-    return {} if method in REFERENCE_METHODS else dataclasses.asdict(get_preset(presets.preset_name(method, "shapes"), seed=seed))
+def config_record(method: str, seed: int, family: str = "shapes") -> dict:
+    if method in REFERENCE_METHODS:
+        return {}
+    return dataclasses.asdict(get_preset(presets.preset_name(method, family), seed=seed))
 
 
 # ------------------------------------------------------------------------ demo
