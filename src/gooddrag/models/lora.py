@@ -189,21 +189,18 @@ def train_lora(
 ) -> list[float]:
     """Fine-tune a fresh LoRA on one image; returns the loss per step (floats).
 
-    latent_dist: the VAE's ``DiagonalGaussianDistribution`` of the (1, 3, H, W)
-    image; text_embeddings: (1, L, D). Noise, timesteps and latent samples are
-    drawn from ``generator`` (a CPU generator, so runs repeat across devices)
-    before the loop (:func:`draw_training_noise`). ``fused_adam``:
+    latent_dist: the VAE's ``DiagonalGaussianDistribution`` of the (1, 3, H, W) image; text_embeddings:
+    (1, L, D). Noise, timesteps and latent samples are drawn from ``generator`` (a CPU generator, so
+    runs repeat across devices) before the loop (:func:`draw_training_noise`). ``fused_adam``:
     torch's fused AdamW kernel (CUDA; the same update up to rounding).
     ``added_cond_kwargs``: SDXL's added conditioning for batch 1
     (``{"text_embeds": (1, P), "time_ids": (1, 6)}``, see
     :class:`gooddrag.models.backbone.Conditioning`); None for SD.
-    ``micro_batch``: rows of the batch per forward/backward pass (None: all of them), the
-    gradients accumulated (:func:`accumulate_gradient`): the same step up to float order, with a
-    fraction of the activations. ``host_read``: how the losses come to the host at the end
-    (one read; ``DragHooks.host_read``). ``model_call(noisy, t, hidden_states, added)``: how the
-    network is called (default: the UNet's call; :mod:`gooddrag.models.denoiser` gives the
-    transformers'). ``shift_factor``: SD3/FLUX normalise latents as ``(z - shift) * scale``.
-    A flow-matching ``scheduler`` (SD3, FLUX) trains on the flow objective (:func:`noisy_and_target`).
+    ``micro_batch``: rows per forward/backward pass (None: all), gradients accumulated
+    (:func:`accumulate_gradient`). ``host_read``: how the losses reach the host, once at the end.
+    ``model_call(noisy, t, hidden_states, added)``: the network's call (default: the UNet's;
+    :mod:`gooddrag.models.denoiser` gives the transformers'); ``shift_factor``: SD3/FLUX latents are
+    ``(z - shift) * scale``; a flow ``scheduler`` trains on the flow objective (:func:`noisy_and_target`).
     """
     device, model_dtype = text_embeddings.device, unet.dtype
     # diffusers' add_noise moves the scheduler's alphas_cumprod to the device for
@@ -211,9 +208,8 @@ def train_lora(
     scheduler = copy.deepcopy(scheduler)
     params = attach_fresh_lora(unet, config.lora_rank, generator, target_modules)
     model_call = model_call or unet_call(unet)
-    optimizer = torch.optim.AdamW(
-        params, lr=config.lora_lr, weight_decay=config.lora_weight_decay, fused=True if fused_adam else None
-    )
+    optimizer = torch.optim.AdamW(params, lr=config.lora_lr, weight_decay=config.lora_weight_decay,
+                                  fused=True if fused_adam else None)
     bsz = config.lora_batch_size
     mean, std = latent_dist.mean.float(), latent_dist.std.float()  # (1, 4, h, w)
     cond, added = batch_conditioning(text_embeddings, added_cond_kwargs, bsz, model_dtype)
