@@ -285,3 +285,28 @@ def test_sd3_single_file_checkpoint_loads_the_same_transformer(tiny_folders, tmp
         torch.testing.assert_close(single.encode_image(_picture()), folder.encode_image(_picture()), rtol=0, atol=1e-5)
     with pytest.raises(GoodDragError, match="pass --model-config with a local diffusers folder"):
         DragPipeline.from_pretrained(str(path), device="cpu")  # offline: no configs to read
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+@pytest.mark.parametrize("method", ["gooddrag", "gooddrag-plus"])
+def test_cli_edit_on_a_transformer_folder(tiny_folders, tmp_path, kind, method):
+    """`gooddrag edit --model <SD3 or FLUX folder>`: the model's own preset (read from its configs), the
+    layers placed for the tiny transformer on the command line, a result folder whose record says so."""
+    import json
+
+    from gooddrag.cli import main
+
+    _picture().save(tmp_path / "in.png")
+    layers = structural_settings(DragPipeline.from_pretrained(str(tiny_folders[kind]), device="cpu").unet)
+    out = tmp_path / "out"
+    rc = main(["edit", "--model", str(tiny_folders[kind]), "--device", "cpu", "--no-progress", "--image",
+               str(tmp_path / "in.png"), "--points", "20,30>28,30", "--method", method, "--out", str(out),
+               "--resolution", "64", "--lora-steps", "2", "--num-inference-steps", "10", "--drag-end-step", "2",
+               "--feature-block", str(layers["feature_block"]), "--lora-cache-dir", str(tmp_path / "lora"),
+               "--mutual-attention-start-layer", str(layers["mutual_attention_start_layer"]),
+               "--set", "text_tokens=8"])
+    assert rc == 0
+    record = json.loads((out / "run.json").read_text())
+    expected = presets.PRESETS[f"{method}-{kind}"]
+    assert record["config"]["inversion_strength"] == expected.inversion_strength
+    assert record["config"]["text_tokens"] == 8 and (out / "edited.png").is_file()

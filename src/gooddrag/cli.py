@@ -210,7 +210,7 @@ def cmd_edit(args) -> int:
             "model": args.model, "kind": pipe.source.kind if pipe.source else None,
             "model_config": args.model_config, "vae": args.vae, "device": str(pipe.device), "dtype": args.dtype,
             "low_memory": args.low_memory,
-            "prediction_type": pipe.scheduler.config.prediction_type,
+            "prediction_type": pipe.prediction_type,
         },
         argv=["gooddrag", *args.argv],
     )

@@ -1,13 +1,17 @@
-"""Stable Diffusion backbones at real size with no weights, for ``gooddrag bench estimate``.
+"""Diffusion backbones at real size with no weights, for ``gooddrag bench estimate``: SD 1.x/2.x,
+SDXL, SD3.5-medium and FLUX.1-dev.
 
-Every component (UNet, VAE, text encoders) is built from its published config (or a diffusers
-folder's configs) inside PyTorch's ``FakeTensorMode``: tensors have shapes, dtypes and devices but
-no values, no memory and no arithmetic, and every operator still runs its shape logic, so the
-pipeline's own code runs on them unchanged. Two things are stand-ins, and say so:
+Every component (UNet or transformer, VAE, text encoders) is built from its published config (or a
+diffusers folder's configs) inside PyTorch's ``FakeTensorMode``: tensors have shapes, dtypes and
+devices but no values, no memory and no arithmetic, and every operator still runs its shape logic,
+so the pipeline's own code runs on them unchanged. Two things are stand-ins, and say so:
 
-* the tokenizers: CLIP's vocabulary cannot be downloaded here, so each tokenizer is the small
-  character-level one of :mod:`gooddrag.models.tiny`; the text encoders still see 77 tokens, what
-  their cost depends on (their embedding tables keep the published 49408 rows);
+* the tokenizers: CLIP's and T5's vocabularies cannot be downloaded here, so each CLIP tokenizer is
+  the small character-level one of :mod:`gooddrag.models.tiny` and each T5 tokenizer the
+  character-level one of :func:`gooddrag.models.tiny_dit.tiny_t5`; the text encoders still see the
+  token counts their cost depends on (CLIP 77; T5 the pipeline's ``max_sequence_length``, every
+  slot padded as the real tokenizers pad them) and keep their published embedding tables (CLIP
+  49408 rows, T5 32128);
 * the image processor: turning fake pixels into a picture would need their values, so
   :class:`BlankImageProcessor` returns blank pictures of the right size (the tensor work before
   that, denormalising, still runs).
@@ -33,6 +37,11 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -40,13 +49,21 @@ from diffusers import (
 from diffusers.image_processor import VaeImageProcessor
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.nn.modules.module import register_module_parameter_registration_hook
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+)
 
 from ..core.ddim import SD15_SCHEDULER_CONFIG
 from ..errors import GoodDragError
 from ..models import backbone
 from ..models.sdxl import SDXL_BASE_UNET_CONFIG
 from ..models.tiny import _tiny_vocab
+from ..models.tiny_dit import FLUX_SCHEDULER_CONFIG, FLUX_VAE, SD3_SCHEDULER_CONFIG, SD3_VAE, tiny_t5
 from ..models.tiny_sdxl import SDXL_SCHEDULER_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -80,11 +97,58 @@ OPENCLIP_H = _CLIP | dict(hidden_size=1024, intermediate_size=4096, num_attentio
 OPENCLIP_BIGG = _CLIP | dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
                              hidden_act="gelu", projection_dim=1280)
 
+# The flow-matching transformers. Where each value was read (the hub repos are gated and cannot be
+# downloaded here; these are copies of their files, or code that builds them, in public repositories):
+# * SD35_MEDIUM_TRANSFORMER (stabilityai/stable-diffusion-3.5-medium, transformer/config.json): the
+#   SD3.5-medium config dicts of tenstorrent/tt-forge-models-style loaders that rebuild the gated
+#   repo locally (one of them saves it as transformer/config.json for ``from_single_file``), every
+#   field as listed here; and diffusers' scripts/convert_sd3_to_diffusers.py, which derives the
+#   same from the checkpoint (num_attention_heads = num_layers, attention head 64, sample 128,
+#   joint 4096, "pos_embed_max_size 384 for sd3.5 2b", attn2 in blocks 0..12 "for sd3.5", rms q/k
+#   norm). pooled_projection_dim 2048 = CLIP-L's 768 + bigG's 1280 projections.
+# * FLUX1_DEV_TRANSFORMER (black-forest-labs/FLUX.1-dev, transformer/config.json): the file as
+#   copied into Eco-Sphere/FLUX.1-dev's README.md ("_name_or_path": "../checkpoints/flux-dev/
+#   transformer", diffusers 0.30.0.dev0: head 128, guidance_embeds true, in 64, joint 4096, 24 heads,
+#   19 + 38 layers, patch 1, pooled 768); axes_dims_rope is not in that file (diffusers' default
+#   (16, 56, 56) applies), the same value FLUX.1-schnell's saved config lists
+#   (edkamesh/FluX-optimized transformer/config.json).
+# * FLOW_VAE: diffusers' convert_sd3_to_diffusers.py builds SD3's VAE from SDXL base's VAE config
+#   (the SD layout, sample 1024, force_upcast true) with latent_channels 16, no quant convs and
+#   SD3's factors; FLUX.1's VAE config (the same fields, FLUX's factors) as saved in
+#   edkamesh/FluX-optimized vae/config.json (from FLUX.1-schnell, whose ae is FLUX.1-dev's).
+# * T5_XXL (google/t5-v1_1-xxl's encoder: SD3.5's text_encoder_3, FLUX.1's text_encoder_2): the
+#   text_encoder_2/config.json saved from FLUX.1-schnell in edkamesh/FluX-optimized.
+SD35_MEDIUM_TRANSFORMER = dict(
+    sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
+    num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
+    pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
+)
+FLUX1_DEV_TRANSFORMER = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+)
+FLOW_VAE = SD_VAE | dict(sample_size=1024, force_upcast=True)
+SD35_VAE = FLOW_VAE | SD3_VAE
+FLUX1_VAE = FLOW_VAE | FLUX_VAE
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
+              layer_norm_epsilon=1e-6, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+              decoder_start_token_id=0)
+BUILTIN = ("sd15", "sd21", "sdxl", "sd35-medium", "flux1-dev")
+"""The architectures :func:`builtin_configs` knows."""
+
 
 def builtin_configs(name: str) -> dict[str, Any]:
-    """The configs of a built-in architecture: ``sd15`` (runwayml/stable-diffusion-v1-5), ``sd21``
-    (stabilityai/stable-diffusion-2-1, v-prediction) or ``sdxl`` (stabilityai/stable-diffusion-xl-base-1.0
-    with the fp16-fix VAE)."""
+    """The configs of a built-in architecture (:data:`BUILTIN`): ``sd15`` (runwayml/stable-diffusion-v1-5),
+    ``sd21`` (stabilityai/stable-diffusion-2-1, v-prediction), ``sdxl`` (stabilityai/stable-diffusion-xl-base-1.0
+    with the fp16-fix VAE), ``sd35-medium`` (stabilityai/stable-diffusion-3.5-medium: CLIP-L, bigG and
+    T5-XXL) or ``flux1-dev`` (black-forest-labs/FLUX.1-dev: CLIP-L and T5-XXL)."""
+    if name == "sd35-medium":
+        return dict(kind=backbone.SD3, transformer=SD35_MEDIUM_TRANSFORMER, vae=SD35_VAE, text_encoder=CLIP_L,
+                    text_encoder_2=OPENCLIP_BIGG, text_encoder_3=T5_XXL, scheduler=dict(SD3_SCHEDULER_CONFIG))
+    if name == "flux1-dev":
+        return dict(kind=backbone.FLUX, transformer=FLUX1_DEV_TRANSFORMER, vae=FLUX1_VAE, text_encoder=CLIP_L,
+                    text_encoder_2=T5_XXL, scheduler=dict(FLUX_SCHEDULER_CONFIG))
     if name == "sd15":
         return dict(unet=SD15_UNET, vae=SD_VAE, text_encoder=CLIP_L, scheduler=dict(SD15_SCHEDULER_CONFIG))
     if name == "sd21":

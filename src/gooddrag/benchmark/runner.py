@@ -204,7 +204,7 @@ def edit_sample(pipe, sample: SampleRef, out: Path, config, args, dataset: Path)
         },
         model=_model_info(args) | {
             "kind": pipe.source.kind if pipe.source else None, "device": str(pipe.device),
-            "prediction_type": pipe.scheduler.config.prediction_type,
+            "prediction_type": pipe.prediction_type,
         },
         argv=["gooddrag", *getattr(args, "argv", sys.argv[1:])],
     )

@@ -202,12 +202,13 @@ def config_from_args(args) -> DragConfig:
 
 
 def config_for_pipeline(args, config: DragConfig, pipe) -> DragConfig:
-    """After loading: without ``--preset``, an SDXL model gets its method's SDXL preset (its kind
-    is read from the loaded model, never from its name), with the same command-line overrides."""
+    """After loading: without ``--preset``, an SDXL, SD3 or FLUX model gets its method's preset for
+    that kind (read from the loaded model, never from its name; a named shapes model keeps its own),
+    with the same command-line overrides."""
     if args.preset or getattr(pipe, "kind", "sd") == "sd":  # gooddrag.models.backbone.SD
         return config
+    preset = presets.for_model(config.method, getattr(args, "model", None), pipe.kind)
     overrides = {name: getattr(args, name) for _, name, _, _ in METHOD_SETTINGS if getattr(args, name) is not None}
-    preset = presets.for_model(config.method, None, pipe.kind)
     overrides |= own_settings(getattr(args, "own_settings", []), preset)
     return get_preset(preset, **overrides, seed=args.seed)
 

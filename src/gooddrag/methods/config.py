@@ -601,7 +601,7 @@ PRESETS["dragnoise-sdxl-768"] = dataclasses.replace(
 # - feature_block / mutual_attention_start_layer: gooddrag.models.backbone's transformer rule on the
 #   reference layouts (SD3.5-medium: 24 joint blocks, 37 attention layers with its 13 ``attn2``;
 #   FLUX.1: 19 double blocks + 38 single = 57 layers). Another layout (SD3.5-large's 38 blocks) is
-#   refused if a value falls outside it (--set feature_block=N places them).
+#   refused if a value falls outside it (--feature-block and --mutual-attention-start-layer place them).
 SD35_MEDIUM_STRUCTURE = dict(feature_block=12, mutual_attention_start_layer=23)  # round(0.5 x 23); 37 - round(37 x 6/16)
 FLUX1_STRUCTURE = dict(feature_block=9, mutual_attention_start_layer=36)  # round(0.5 x 18); 57 - round(57 x 6/16)
 _SD3 = dict(resolution=1024, inversion_strength=0.6, **SD35_MEDIUM_STRUCTURE)

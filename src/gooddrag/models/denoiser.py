@@ -126,10 +126,10 @@ class SD3Denoiser(UNetDenoiser):
         blocks, layers = len(self.module.transformer_blocks), len(self.module.attn_processors)
         if not 0 <= feature_block < blocks:
             raise GoodDragError(f"feature_block {feature_block} is not a joint block of this transformer "
-                                f"(0..{blocks - 1}): choose one with --set feature_block=N")
+                                f"(0..{blocks - 1}): choose one with --feature-block N")
         if not 0 <= mutual_start_layer < layers:
             raise GoodDragError(f"mutual_attention_start_layer {mutual_start_layer} is not an attention layer of "
-                                f"this transformer (0..{layers - 1}): choose one with --set mutual_attention_start_layer=N")
+                                f"this transformer (0..{layers - 1}): choose one with --mutual-attention-start-layer N")
 
     def check_latent(self, latent_hw: tuple[int, int]) -> None:
         """SD3's positional embedding is cropped from a ``pos_embed_max_size`` grid of patches."""

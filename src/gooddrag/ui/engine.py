@@ -301,15 +301,16 @@ class Engine:
 
     @staticmethod
     def _fit_preset(pipe, preset, config, settings):
-        """An SDXL model run with a plain SD preset gets its method's SDXL preset (same page
-        settings): the SD layer choices do not fit SDXL's UNet. Other presets stay as chosen."""
+        """An SDXL, SD3 or FLUX model run with a plain SD preset gets its method's preset for that kind
+        (same page settings): the SD layer choices do not fit its network. Other presets stay as chosen."""
         from ..methods import presets  # heavy: torch
-        from ..models.backbone import SDXL  # heavy: torch
+        from ..models.backbone import SD  # heavy: torch
 
-        if getattr(pipe, "kind", None) != SDXL or presets.family_of_preset(preset) != "sd":
+        kind = getattr(pipe, "kind", SD)
+        if kind == SD or presets.family_of_preset(preset) != "sd":
             return preset, config
-        preset = presets.for_model(config.method, None, SDXL)
-        logger.info("SDXL model: running preset %s", preset)
+        preset = presets.for_model(config.method, None, kind)
+        logger.info("%s model: running preset %s", kind, preset)
         return preset, make_config(preset, settings)
 
     def _run(self, pipe, image, handles, targets, mask, prompt, config, callback, progress, report):
@@ -345,7 +346,7 @@ class Engine:
             model={
                 "model": loaded.model, "kind": pipe.source.kind if pipe.source else None, "vae": loaded.vae,
                 "device": str(pipe.device), "dtype": loaded.dtype,
-                "prediction_type": pipe.scheduler.config.prediction_type,
+                "prediction_type": pipe.prediction_type,
             },
             argv=["gooddrag", "ui"],
         )

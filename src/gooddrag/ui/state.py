@@ -302,15 +302,19 @@ def preset_for_model(model: str | None, current: str | None) -> str:
     from ..methods.config import PRESETS  # heavy: torch
 
     method = PRESETS[current].method if current in PRESETS else "gooddrag"
-    return presets.for_model(method, (model or "").strip() or None)
+    family = presets.family_for((model or "").strip() or None)
+    return presets.preset_name(method if (method, family) in presets.PRESET_NAMES else "gooddrag", family)
 
 
 def method_choices(model: str | None) -> list[tuple[str, str]]:
-    """The page's method list for ``model``: (label, preset) of each of PAGE_METHODS, the preset
-    the one that fits the model; labels name the method, never a preset."""
+    """The page's method list for ``model``: (label, preset) of each of PAGE_METHODS that has a preset
+    for the model (shapes-dit-64 has GoodDrag's three only), the preset the one that fits the model;
+    labels name the method, never a preset."""
     from ..methods import presets  # heavy: torch
 
-    return [(presets.METHOD_LABELS[m], presets.for_model(m, (model or "").strip() or None)) for m in PAGE_METHODS]
+    family = presets.family_for((model or "").strip() or None)
+    return [(presets.METHOD_LABELS[m], presets.PRESET_NAMES[m, family]) for m in PAGE_METHODS
+            if (m, family) in presets.PRESET_NAMES]
 
 
 def preset_words(preset: str) -> str:
