@@ -310,3 +310,22 @@ def test_cli_edit_on_a_transformer_folder(tiny_folders, tmp_path, kind, method):
     expected = presets.PRESETS[f"{method}-{kind}"]
     assert record["config"]["inversion_strength"] == expected.inversion_strength
     assert record["config"]["text_tokens"] == 8 and (out / "edited.png").is_file()
+
+
+def test_transformer_kinds_from_configs_and_the_variants_refused():
+    sd3 = {"_class_name": "SD3Transformer2DModel"}
+    flux = {"_class_name": "FluxTransformer2DModel", "in_channels": 64}
+    assert backbone.backbone_kind_of_config({"_class_name": "StableDiffusion3Pipeline"}, None, sd3) == SD3
+    assert backbone.backbone_kind_of_config({"_class_name": "FluxPipeline"}, None, flux) == FLUX
+    assert backbone.backbone_kind_of_config({"_class_name": "FluxPipeline"}, None) == FLUX  # the class alone
+    with pytest.raises(GoodDragError, match="unsupported FLUX variant: its transformer takes 384 input"):
+        backbone.backbone_kind_of_config({"_class_name": "FluxPipeline"}, None, flux | {"in_channels": 384})
+    with pytest.raises(GoodDragError, match="unsupported pipeline class 'FluxKontextPipeline'"):
+        backbone.backbone_kind_of_config({"_class_name": "FluxKontextPipeline"}, None, flux)
+    with pytest.raises(GoodDragError, match="unsupported transformer 'PixArtTransformer2DModel'"):
+        backbone.backbone_kind_of_config({}, None, {"_class_name": "PixArtTransformer2DModel"})
+    keys = ["model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias"]
+    assert backbone.backbone_kind_of_checkpoint(keys) == SD3
+    assert backbone.backbone_kind_of_checkpoint(["double_blocks.0.img_attn.norm.key_norm.scale"]) == FLUX
+    assert backbone.components_missing_from_checkpoint(FLUX, ["double_blocks.0.x"]) == [
+        "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae"]

@@ -48,14 +48,14 @@ def test_engine_serves_names_only(tmp_path):
     from gooddrag.ui.engine import Engine
 
     engine = Engine(tmp_path / "r", "cpu", models={"mine": str(tmp_path / "secret-model")})
-    assert list(engine.models) == ["shapes-64", DEFAULT_MODEL, "mine"]
+    assert list(engine.models) == ["shapes-64", "shapes-dit-64", DEFAULT_MODEL, "mine"]
     assert engine.location("shapes-64") == "shapes-64"
     assert engine.location("mine") == str(tmp_path / "secret-model")
     for typed in ("/etc", str(tmp_path / "secret-model"), "", "other/model"):
         with pytest.raises(GoodDragError) as err:
             engine.location(typed)
         text = str(err.value)
-        assert text == f"unknown model; choose one of: shapes-64, {DEFAULT_MODEL}, mine"
+        assert text == f"unknown model; choose one of: shapes-64, shapes-dit-64, {DEFAULT_MODEL}, mine"
     with pytest.raises(GoodDragError) as err:  # a served name whose files are missing
         engine.pipeline("mine")
     text = str(err.value)

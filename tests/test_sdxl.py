@@ -156,7 +156,7 @@ def test_backbone_kind_of_config():
     with pytest.raises(GoodDragError, match="added conditioning"):
         backbone_kind_of_config({}, {"addition_embed_type": "image"})
     with pytest.raises(GoodDragError, match="unsupported pipeline class"):
-        backbone_kind_of_config({"_class_name": "FluxPipeline"}, None)
+        backbone_kind_of_config({"_class_name": "PixArtAlphaPipeline"}, None)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])

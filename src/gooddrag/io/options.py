@@ -131,9 +131,10 @@ def add_method_options(p: argparse.ArgumentParser, lora_file: bool = True) -> No
                         "(one latent warp; needs a mask), or gooddrag-plus (ours: GoodDrag from the warped "
                         "image, sub-pixel tracking) (default: the preset's, else gooddrag)")
     g.add_argument("--preset", default=None, choices=list(PRESETS),
-                   help="named settings; shapes-* are for the shipped shapes-64 model, *-sdxl for SDXL models "
-                        "(default: the method's name; shapes-<method> with --model shapes-64; <method>-sdxl "
-                        "for a model whose configs say SDXL)")
+                   help="named settings; shapes-* are for the shipped shapes-64 model, shapes-dit-* for "
+                        "shapes-dit-64, *-sdxl, *-sd3 and *-flux for SDXL, SD3/SD3.5 and FLUX.1 models (default: "
+                        "the method's name; shapes-<method> with --model shapes-64; <method>-sdxl/-sd3/-flux for "
+                        "a model whose configs say so)")
     for flag, name, typ, text in METHOD_SETTINGS:
         values = ", ".join(f"{m} {getattr(PRESETS[m], name)}" for m in METHODS
                            if name not in getattr(PRESETS[m], "UNUSED", ()))
