@@ -4,7 +4,9 @@
   phase equal those of the full schedule run as it is, peaks to the byte but for the recorded LoRA
   losses (512 bytes a step) and DragDiffusion's single drag timestep (a latent or two);
 - the fake model counts what the real one does: the tiny model built from its saved configs on fake
-  tensors against the real tiny model, same edit;
+  tensors against the real tiny model, same edit; the same for the tiny SD3 (with T5) and FLUX
+  transformers, and the extrapolation exact on the tiny SD3 too;
+- the built-in SD3.5-medium and FLUX.1-dev configs build the published sizes (parameter counts);
 - FLOPs of one convolution and one attention layer against their closed forms;
 - the memory cuts keep the result: LoRA micro-batches give the batch's gradient (up to float order),
   the text encoders wait on the host between prompts, the edit is unchanged where they do nothing;
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -24,10 +27,20 @@ import torch
 from gooddrag import DragPipeline, get_preset
 from gooddrag.benchmark import estimate_sim as E
 from gooddrag.benchmark.estimate_counters import Counters
-from gooddrag.benchmark.estimate_models import build_fake_pipeline, fake_mode, folder_configs, is_fake
+from gooddrag.benchmark.estimate_models import (
+    build_fake_pipeline,
+    fake_mode,
+    folder_configs,
+    is_fake,
+    parameter_count,
+)
 from gooddrag.cli import main
+from gooddrag.methods.config import DragConfig
 from gooddrag.models import lora
+from gooddrag.models.backbone import structural_settings
 from gooddrag.models.tiny import make_tiny_pipeline, save_tiny_pipeline
+from gooddrag.models.tiny_dit import BUILDERS as DIT_BUILDERS
+from gooddrag.models.tiny_dit import save_tiny_dit_pipeline
 
 TINY = dict(r1=2, r2=4, beta=2.0, mutual_attention_start_layer=7, resolution=128)
 """The tiny model's spatial settings (research/speed.py's TINY_SPATIAL)."""
@@ -85,6 +98,96 @@ def test_the_fake_model_counts_what_the_real_one_does(real_tiny, tiny_folder):
     fresh = make_tiny_pipeline(0).unet.requires_grad_(False)
     lora_parameters = len(lora.attach_fresh_lora(fresh, config.lora_rank, torch.Generator().manual_seed(0)))
     assert 0 <= sim["lora"].ops - real["lora"].ops <= 5 * lora_parameters
+
+
+# ------------------------------------------------------------------------------- SD3 / FLUX transformers
+def _loaded_tiny_dit(kind: str) -> DragPipeline:
+    """The real tiny transformer pipeline of ``kind`` in eval mode, as ``from_pretrained`` leaves a
+    loaded one (built directly, the tiny T5 would run its dropout)."""
+    sd = DIT_BUILDERS[kind](seed=0)
+    for module in sd.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    return DragPipeline(sd, device="cpu")
+
+
+def _dit_config(pipe: DragPipeline, schedule: E.Schedule, method: str = "gooddrag") -> DragConfig:
+    """``schedule`` of the model's preset at 64 px, 8 T5 slots, LoRA batch 2, the layers placed on
+    the tiny transformer."""
+    base = dataclasses.replace(pipe.default_config(method), resolution=64, text_tokens=8, lora_batch_size=2,
+                               **structural_settings(pipe.unet))
+    return schedule.config(base)
+
+
+@pytest.mark.parametrize("kind", ["sd3-t5", "flux"])
+def test_the_fake_transformer_counts_what_the_real_one_does(kind, tmp_path):
+    real_pipe = _loaded_tiny_dit(kind)
+    with E.quiet_diffusers():
+        configs = folder_configs(save_tiny_dit_pipeline(kind, tmp_path / kind))
+        fake = DragPipeline(build_fake_pipeline(configs, torch.float32, fake_mode()), device="cpu")
+    assert is_fake(next(fake.unet.parameters())) and fake.kind == real_pipe.kind
+    config = _dit_config(real_pipe, E.RUNS[0])
+    real, sim = E.measure(real_pipe, config), E.measure(fake, config)
+    for phase in E.PHASES:
+        assert sim[phase].flops == real[phase].flops, phase
+    for phase in ("other", "inversion", "drag", "denoise", "decode"):
+        assert sim[phase].peak_bytes == real[phase].peak_bytes, phase
+    for phase in ("other", "inversion", "drag", "denoise"):
+        assert sim[phase].ops == real[phase].ops, phase
+    # the LoRA step: the CPU's mse_loss returns a 0-dim loss on the storage of its (B, c, h, w) squared
+    # difference (lora.accumulate_gradient copies it), a fake one a storage of its own: a latent batch less
+    latent_batch = config.lora_batch_size * 16 * 8 * 8 * 4
+    assert 0 <= real["lora"].peak_bytes - sim["lora"].peak_bytes <= latent_batch
+    # operators: a fake parameter registered for each of the LoRA's (a few operators each); the
+    # decoded picture read (blank here)
+    params = lora.attach_fresh_lora(real_pipe.unet, config.lora_rank, torch.Generator().manual_seed(0),
+                                    real_pipe.denoiser.lora_targets)
+    lora.remove_lora(real_pipe.unet)
+    # and the stand-in host read of each step's loss (zeros)
+    assert 0 <= sim["lora"].ops - real["lora"].ops <= 5 * len(params) + config.lora_steps
+    assert 0 <= real["decode"].ops - sim["decode"].ops <= 4
+
+
+def test_extrapolation_is_exact_on_the_tiny_sd3():
+    pipe = _loaded_tiny_dit("sd3-t5")
+    base = _dit_config(pipe, E.Schedule(3, 4, 3, 3, 3))  # each count above the short runs' (kept small: seconds)
+    sim = E.simulate(pipe, base, progress=False)["phases"]
+    full = E.measure(pipe, base)
+    for phase in E.PHASES:
+        assert sim[phase].ops == full[phase].ops, phase
+        assert sim[phase].flops == full[phase].flops, phase
+    assert sim["lora"].peak_bytes == full["lora"].peak_bytes - (base.lora_steps - 2) * LOSS_BYTES
+    for phase in ("other", "inversion", "drag", "denoise", "decode"):
+        assert sim[phase].peak_bytes == full[phase].peak_bytes, phase
+
+
+@pytest.mark.parametrize("model, dtype, sizes", [
+    # parameters: SD3.5-medium's transformer 2.24 B (Stability's "2.5 B" counts its 384 x 384 x 1536
+    # positional table, a buffer here: 0.23 B), FLUX.1's 11.9 B ("12 B"), T5-XXL's encoder 4.76 B,
+    # CLIP-L 123 M (+ its 768 x 768 projection in SD3), bigG 695 M, the VAE 83.8 M
+    ("sd35-medium", "fp16", {"transformer": 2.243e9, "text_encoder": 123.7e6, "text_encoder_2": 694.7e6,
+                             "text_encoder_3": 4.762e9, "vae": 83.82e6}),
+    ("flux1-dev", "bf16", {"transformer": 11.90e9, "text_encoder": 123.1e6, "text_encoder_2": 4.762e9,
+                           "vae": 83.82e6}),
+])
+def test_the_builtin_transformers_have_their_published_sizes(model, dtype, sizes):
+    pipe = E.fake_drag_pipeline(E.Request(model=model, dtype=dtype))
+    assert pipe.kind == ("sd3" if model.startswith("sd3") else "flux") and pipe.denoiser.flow
+    modules = {"transformer": pipe.unet, "vae": pipe.vae, **{n: getattr(pipe.sd, n) for n in sizes if "text" in n}}
+    for name, expected in sizes.items():
+        assert parameter_count(modules[name]) == pytest.approx(expected, rel=2e-3), name
+    floats = {p.dtype for p in pipe.unet.parameters()} | {b.dtype for b in pipe.unet.buffers() if b.is_floating_point()}
+    assert floats == {E.DTYPES[dtype]}  # SD3's positional table (made in fp32) cast, as from_pretrained casts it
+    t5 = pipe.sd.text_encoder_3 if model.startswith("sd3") else pipe.sd.text_encoder_2
+    wo = {m.wo.weight.dtype for m in t5.modules() if hasattr(m, "wo")}
+    assert wo == ({torch.float32} if dtype == "fp16" else {torch.bfloat16})  # transformers' fp16 load keeps wo fp32
+
+
+def test_the_command_knows_the_builtin_architectures():
+    from gooddrag.benchmark.estimate import ARCHITECTURES
+    from gooddrag.benchmark.estimate_models import BUILTIN
+
+    assert ARCHITECTURES == BUILTIN
 
 
 def test_flops_of_a_convolution_and_an_attention_layer_match_their_formulas():

@@ -3,13 +3,14 @@
 The edit of a method's preset (LoRA training, inversion, every drag step and tracking of its
 schedule with the early stops off, the batched denoising with mutual self-attention, decoding) runs
 through :class:`gooddrag.DragPipeline` on the real architecture, built from its published configs
-(``sd15``, ``sd21``, ``sdxl``) or a diffusers folder's, with no weights and no arithmetic
-(PyTorch's fake tensors; :mod:`.estimate_sim` says how, and what gets stand-in values). It reports,
-per phase and in all, the peak device memory (what ``torch.cuda.max_memory_allocated`` would say:
-weights, activations, what autograd saves, gradients, optimiser state, in the CUDA allocator's
-512-byte blocks), the FLOPs (``torch.utils.flop_counter``'s formulas) and the aten operators
-dispatched, and the floor an H100 puts on the time (the FLOPs at its dense bf16 peak). Not counted:
-CUDA's own workspaces (cuBLAS, cuDNN), the allocator's cached but free blocks, the CUDA context.
+(``sd15``, ``sd21``, ``sdxl``, ``sd35-medium``, ``flux1-dev``) or a diffusers folder's, with no
+weights and no arithmetic (PyTorch's fake tensors; :mod:`.estimate_sim` says how, and what gets
+stand-in values). It reports, per phase and in all, the peak device memory (what
+``torch.cuda.max_memory_allocated`` would say: weights, activations, what autograd saves,
+gradients, optimiser state, in the CUDA allocator's 512-byte blocks), the FLOPs
+(``torch.utils.flop_counter``'s formulas) and the aten operators dispatched, and the floor an H100
+puts on the time (the FLOPs at its dense bf16 peak). Not counted: CUDA's own workspaces (cuBLAS,
+cuDNN), the allocator's cached but free blocks, the CUDA context.
 
 Importing this module loads no torch; the simulator is imported when the command runs.
 """
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from ..errors import GoodDragError
 
-ARCHITECTURES = ("sd15", "sd21", "sdxl")
+ARCHITECTURES = ("sd15", "sd21", "sdxl", "sd35-medium", "flux1-dev")
+"""The built-in architectures (``estimate_models.BUILTIN``, which a test keeps equal)."""
 METHODS = ("gooddrag", "dragdiffusion", "gooddrag-plus")
 """The methods the simulator runs (AIDD's: FreeDrag's line search decides its own schedule)."""
 GIB = 2**30
@@ -32,10 +34,11 @@ HELP = "simulated peak memory, FLOPs and operators of one edit at real size (no 
 def add_estimate_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``gooddrag bench estimate``."""
     p.add_argument("--model", default="sd15",
-                   help="sd15, sd21, sdxl (their published configs) or a diffusers folder (its configs; "
-                        "no weights are read) (default: %(default)s)")
+                   help="sd15, sd21, sdxl, sd35-medium (stabilityai/stable-diffusion-3.5-medium), flux1-dev "
+                        "(black-forest-labs/FLUX.1-dev) (their published configs) or a diffusers folder (its "
+                        "configs; no weights are read) (default: %(default)s)")
     p.add_argument("--resolution", type=int, default=None,
-                   help="working side in px (default: the preset's: 512 for SD, 1024 for SDXL)")
+                   help="working side in px (default: the preset's: 512 for SD, 1024 for SDXL, SD3 and FLUX)")
     p.add_argument("--method", default="gooddrag", choices=METHODS,
                    help="the method, with its preset for the model (default: %(default)s)")
     p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"],

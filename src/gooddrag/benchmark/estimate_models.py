@@ -97,27 +97,32 @@ OPENCLIP_H = _CLIP | dict(hidden_size=1024, intermediate_size=4096, num_attentio
 OPENCLIP_BIGG = _CLIP | dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
                              hidden_act="gelu", projection_dim=1280)
 
-# The flow-matching transformers. Where each value was read (the hub repos are gated and cannot be
-# downloaded here; these are copies of their files, or code that builds them, in public repositories):
-# * SD35_MEDIUM_TRANSFORMER (stabilityai/stable-diffusion-3.5-medium, transformer/config.json): the
-#   SD3.5-medium config dicts of tenstorrent/tt-forge-models-style loaders that rebuild the gated
-#   repo locally (one of them saves it as transformer/config.json for ``from_single_file``), every
-#   field as listed here; and diffusers' scripts/convert_sd3_to_diffusers.py, which derives the
-#   same from the checkpoint (num_attention_heads = num_layers, attention head 64, sample 128,
-#   joint 4096, "pos_embed_max_size 384 for sd3.5 2b", attn2 in blocks 0..12 "for sd3.5", rms q/k
-#   norm). pooled_projection_dim 2048 = CLIP-L's 768 + bigG's 1280 projections.
-# * FLUX1_DEV_TRANSFORMER (black-forest-labs/FLUX.1-dev, transformer/config.json): the file as
-#   copied into Eco-Sphere/FLUX.1-dev's README.md ("_name_or_path": "../checkpoints/flux-dev/
-#   transformer", diffusers 0.30.0.dev0: head 128, guidance_embeds true, in 64, joint 4096, 24 heads,
-#   19 + 38 layers, patch 1, pooled 768); axes_dims_rope is not in that file (diffusers' default
-#   (16, 56, 56) applies), the same value FLUX.1-schnell's saved config lists
+# The flow-matching backbones. The hub repos are gated and cannot be downloaded here; each value was
+# read from a public copy of the file, or from code that builds it, named here:
+# * SD35_MEDIUM_TRANSFORMER (stabilityai/stable-diffusion-3.5-medium transformer/config.json): every
+#   field as in ``_MEDIUM_TRANSFORMER_CONFIG`` of tenstorrent/tt-forge-models
+#   stable_diffusion_3_5_fp8/pytorch/src/model_utils.py (it rebuilds the gated repo's folder for
+#   ``from_single_file``); diffusers' scripts/convert_sd3_to_diffusers.py derives the same from the
+#   checkpoint (heads = layers, head 64, sample 128, joint 4096; "pos_embed_max_size=384" for "sd3.5
+#   2b"; attn2 in blocks 0..12 "for sd3.5"; rms q/k norm). pooled 2048 = CLIP-L's 768 + bigG's 1280.
+# * FLUX1_DEV_TRANSFORMER (black-forest-labs/FLUX.1-dev transformer/config.json): the file as copied
+#   into Eco-Sphere/FLUX.1-dev README.md, section 4.4 ("_name_or_path": "../checkpoints/flux-dev/
+#   transformer", diffusers 0.30.0.dev0; an ``is_tp`` key added there): head 128, guidance_embeds
+#   true, in 64, joint 4096, 24 heads, 19 + 38 layers, patch 1, pooled 768. axes_dims_rope is not in
+#   that file (diffusers' default applies): (16, 56, 56), as FLUX.1-schnell's saved config lists it
 #   (edkamesh/FluX-optimized transformer/config.json).
-# * FLOW_VAE: diffusers' convert_sd3_to_diffusers.py builds SD3's VAE from SDXL base's VAE config
-#   (the SD layout, sample 1024, force_upcast true) with latent_channels 16, no quant convs and
-#   SD3's factors; FLUX.1's VAE config (the same fields, FLUX's factors) as saved in
-#   edkamesh/FluX-optimized vae/config.json (from FLUX.1-schnell, whose ae is FLUX.1-dev's).
-# * T5_XXL (google/t5-v1_1-xxl's encoder: SD3.5's text_encoder_3, FLUX.1's text_encoder_2): the
-#   text_encoder_2/config.json saved from FLUX.1-schnell in edkamesh/FluX-optimized.
+# * SD35_VAE: ``_VAE_CONFIG`` of the same tt-forge-models file (the SD layout, sample 1024,
+#   force_upcast true, 16 latent channels, no quant convs, 1.5305 / 0.0609), which is what
+#   convert_sd3_to_diffusers.py builds (SDXL base's VAE config with those overrides). FLUX1_VAE:
+#   FLUX.1-schnell's vae/config.json as saved in edkamesh/FluX-optimized (the same fields, 0.3611 /
+#   0.1159; FLUX.1-dev ships the same autoencoder, not checked against dev's own file).
+# * T5_XXL (google/t5-v1_1-xxl's encoder: SD3.5's text_encoder_3, FLUX.1's text_encoder_2):
+#   FLUX.1-schnell's text_encoder_2/config.json as saved in edkamesh/FluX-optimized; SD3.5's the
+#   same model (tt-forge-models takes text_encoder_3's config from google/t5-v1_1-xxl).
+# * CLIP_L and OPENCLIP_BIGG as above: SD3.5's text_encoder / text_encoder_2 (with projections),
+#   FLUX.1's text_encoder (CLIP-L, no projection; its config as saved in edkamesh/FluX-optimized).
+# * The schedulers: :mod:`gooddrag.models.tiny_dit`'s SD3 / FLUX.1-dev settings (not re-checked here;
+#   they set timestep values only, never a shape: memory and FLOPs do not depend on them).
 SD35_MEDIUM_TRANSFORMER = dict(
     sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
     num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
@@ -157,7 +162,7 @@ def builtin_configs(name: str) -> dict[str, Any]:
     if name == "sdxl":
         return dict(unet=dict(SDXL_BASE_UNET_CONFIG), vae=SDXL_VAE, text_encoder=CLIP_L, text_encoder_2=OPENCLIP_BIGG,
                     scheduler=dict(SDXL_SCHEDULER_CONFIG), scheduler_class="EulerDiscreteScheduler")
-    raise GoodDragError(f"unknown architecture {name!r}; choose sd15, sd21, sdxl or give a diffusers folder")
+    raise GoodDragError(f"unknown architecture {name!r}; choose {', '.join(BUILTIN)} or give a diffusers folder")
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -165,16 +170,25 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def folder_configs(folder: str | Path) -> dict[str, Any]:
-    """The component configs of a local diffusers folder (its weights are never read)."""
+    """The component configs of a local diffusers folder (its weights are never read): SD 1.x/2.x
+    and SDXL (a unet/), SD3/SD3.5 and FLUX.1 (a transformer/)."""
     root = Path(folder).expanduser()
     index, unet = _read(root / "model_index.json"), _read(root / "unet" / "config.json")
+    transformer = _read(root / "transformer" / "config.json") if unet is None else None
     vae, text = _read(root / "vae" / "config.json"), _read(root / "text_encoder" / "config.json")
-    if index is None or unet is None or vae is None or text is None:
+    if index is None or (unet is None and transformer is None) or vae is None or text is None:
         raise GoodDragError(f"{str(folder)!r} is not a diffusers folder with model_index.json and the configs of "
-                            "unet/, vae/ and text_encoder/ (give sd15, sd21, sdxl or such a folder)")
-    configs = dict(unet=unet, vae=vae, text_encoder=text,
-                   scheduler=_read(root / "scheduler" / "scheduler_config.json") or dict(SD15_SCHEDULER_CONFIG))
-    if backbone.backbone_kind_of_config(index, unet) == backbone.SDXL:
+                            f"unet/ or transformer/, vae/ and text_encoder/ (give {', '.join(BUILTIN)} or such a "
+                            "folder)")
+    kind = backbone.backbone_kind_of_config(index, unet, transformer)
+    scheduler = _read(root / "scheduler" / "scheduler_config.json")
+    if transformer is not None:
+        configs = dict(kind=kind, transformer=transformer, vae=vae, text_encoder=text, scheduler=scheduler or {})
+        for name in ("text_encoder_2", "text_encoder_3"):  # SD3: bigG and T5 (if saved with it); FLUX: T5
+            configs[name] = _read(root / name / "config.json") if (index.get(name) or [None])[0] else None
+        return configs
+    configs = dict(unet=unet, vae=vae, text_encoder=text, scheduler=scheduler or dict(SD15_SCHEDULER_CONFIG))
+    if kind == backbone.SDXL:
         configs["text_encoder_2"] = _read(root / "text_encoder_2" / "config.json")
     configs["scheduler_class"] = configs["scheduler"].get("_class_name", "DDIMScheduler")
     return configs
@@ -255,32 +269,85 @@ def _text_encoder(config: dict[str, Any], with_projection: bool):
 _CLIP_TOKENS = dict(bos_token_id=512, eos_token_id=513, pad_token_id=513)  # the stand-in tokenizer's ids
 
 
+def _t5(config: dict[str, Any], dtype: torch.dtype):
+    """A T5 encoder (``T5EncoderModel``) in ``dtype``, but for the layers transformers' loader keeps in
+    fp32 when asked for fp16 (``_keep_in_fp32_modules``: T5's ``wo``; ``PreTrainedModel._get_dtype_plan``)."""
+    model = T5EncoderModel(T5Config(**{k: v for k, v in config.items() if not k.startswith("_")}))
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) if dtype == torch.float16 else set()
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in keep:
+            module.to(torch.float32)
+    return model
+
+
+def stand_in_t5_tokenizer():
+    """The T5 tokenizers' stand-in: :func:`gooddrag.models.tiny_dit.tiny_t5`'s character-level one
+    (the pipelines pad every prompt to their ``max_sequence_length``, as with the real one)."""
+    with torch.random.fork_rng(devices=[]):  # tiny_t5 also draws a tiny encoder's weights: not from our stream
+        return tiny_t5(max_length=512)[1]
+
+
+def _clip_tokenizer() -> CLIPTokenizer:
+    return CLIPTokenizer(vocab=_tiny_vocab(), merges=[], model_max_length=77)
+
+
 def _scheduler(configs: dict[str, Any]):
+    if configs.get("kind") in backbone.TRANSFORMERS:
+        return FlowMatchEulerDiscreteScheduler.from_config(configs["scheduler"])
     klass = EulerDiscreteScheduler if configs.get("scheduler_class") == "EulerDiscreteScheduler" else DDIMScheduler
     return klass.from_config(configs["scheduler"])
 
 
-def build_fake_pipeline(configs: dict[str, Any], dtype: torch.dtype, mode: FakeTensorMode | None):
-    """A diffusers ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` whose models are
-    fake (shapes only) on the CPU, in ``dtype``, frozen and in eval mode, as
-    :func:`gooddrag.models.loading.load_components` leaves a loaded one. ``mode`` None: the same
-    with real (random) weights, for the runs the estimates are checked against."""
+def _unet_pipeline(configs: dict[str, Any], dtype: torch.dtype, mode: FakeTensorMode | None):
+    """SD 1.x/2.x (``StableDiffusionPipeline``) or SDXL (``StableDiffusionXLPipeline``, with a second encoder)."""
     with mode if mode is not None else contextlib.nullcontext(), _default_dtype(dtype):
         unet = UNet2DConditionModel.from_config(configs["unet"])
         vae = AutoencoderKL.from_config(configs["vae"])
         text_encoder = _text_encoder(configs["text_encoder"], with_projection=False)
         text_encoder_2 = (_text_encoder(configs["text_encoder_2"], with_projection=True)
                           if configs.get("text_encoder_2") else None)
-    tokenizer = CLIPTokenizer(vocab=_tiny_vocab(), merges=[], model_max_length=77)
-    parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_scheduler(configs))
+    parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=_clip_tokenizer(), unet=unet,
+                 scheduler=_scheduler(configs))
     if text_encoder_2 is not None:
-        sd = StableDiffusionXLPipeline(**parts, text_encoder_2=text_encoder_2, add_watermarker=False,
-                                       tokenizer_2=CLIPTokenizer(vocab=_tiny_vocab(), merges=[], model_max_length=77))
+        return StableDiffusionXLPipeline(**parts, text_encoder_2=text_encoder_2, add_watermarker=False,
+                                         tokenizer_2=_clip_tokenizer())
+    return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def _transformer_pipeline(configs: dict[str, Any], dtype: torch.dtype, mode: FakeTensorMode | None):
+    """SD3/SD3.5 (``StableDiffusion3Pipeline``: CLIP-L and bigG with projections, T5 if the configs
+    have one) or FLUX.1 (``FluxPipeline``: CLIP-L's pooled output and T5). The diffusers models are
+    cast to ``dtype`` as ``from_pretrained(torch_dtype=...)`` casts them (SD3's positional table is
+    made in fp32)."""
+    sd3 = configs["kind"] == backbone.SD3
+    with mode if mode is not None else contextlib.nullcontext(), _default_dtype(dtype):
+        klass = SD3Transformer2DModel if sd3 else FluxTransformer2DModel
+        transformer = klass.from_config(configs["transformer"]).to(dtype)
+        vae = AutoencoderKL.from_config(configs["vae"]).to(dtype)
+        clip_l = _text_encoder(configs["text_encoder"], with_projection=sd3)
+        second = (_text_encoder(configs["text_encoder_2"], with_projection=True) if sd3
+                  else _t5(configs["text_encoder_2"], dtype))
+        t5 = _t5(configs["text_encoder_3"], dtype) if sd3 and configs.get("text_encoder_3") else None
+    parts = dict(transformer=transformer, vae=vae, scheduler=_scheduler(configs), text_encoder=clip_l,
+                 tokenizer=_clip_tokenizer())
+    if not sd3:
+        return FluxPipeline(**parts, text_encoder_2=second, tokenizer_2=stand_in_t5_tokenizer())
+    return StableDiffusion3Pipeline(**parts, text_encoder_2=second, tokenizer_2=_clip_tokenizer(), text_encoder_3=t5,
+                                    tokenizer_3=stand_in_t5_tokenizer() if t5 is not None else None)
+
+
+def build_fake_pipeline(configs: dict[str, Any], dtype: torch.dtype, mode: FakeTensorMode | None):
+    """A diffusers ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` / ``StableDiffusion3Pipeline``
+    / ``FluxPipeline`` (``configs["kind"]``; SD when absent) whose models are fake (shapes only) on
+    the CPU, in ``dtype``, frozen and in eval mode, as :func:`gooddrag.models.loading.load_components`
+    leaves a loaded one. ``mode`` None: the same with real (random) weights, for the runs the
+    estimates are checked against."""
+    if configs.get("kind") in backbone.TRANSFORMERS:
+        sd = _transformer_pipeline(configs, dtype, mode)
     else:
-        sd = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
-                                     requires_safety_checker=False)
-    sd.image_processor = BlankImageProcessor(vae_scale_factor=sd.vae_scale_factor)
-    for module in (unet, vae, *backbone.text_encoders(sd)):
+        sd = _unet_pipeline(configs, dtype, mode)
+    sd.image_processor = BlankImageProcessor.from_config(sd.image_processor.config)  # FLUX's works in 16-px cells
+    for module in (backbone.denoiser_module(sd), sd.vae, *backbone.text_encoders(sd)):
         module.requires_grad_(False)
         module.eval()
     return sd
@@ -292,6 +359,7 @@ def parameter_count(module: torch.nn.Module) -> int:
 
 __all__ = [
     "HOST_STAND_IN", "SD15_UNET", "SD21_UNET", "SD_VAE", "SDXL_VAE", "CLIP_L", "OPENCLIP_H", "OPENCLIP_BIGG",
-    "builtin_configs", "folder_configs", "fake_mode", "is_fake", "fake_new_parameters", "BlankImageProcessor", "build_fake_pipeline",
-    "parameter_count",
+    "SD35_MEDIUM_TRANSFORMER", "FLUX1_DEV_TRANSFORMER", "FLOW_VAE", "SD35_VAE", "FLUX1_VAE", "T5_XXL", "BUILTIN",
+    "builtin_configs", "folder_configs", "fake_mode", "is_fake", "fake_new_parameters", "BlankImageProcessor",
+    "build_fake_pipeline", "stand_in_t5_tokenizer", "parameter_count",
 ]

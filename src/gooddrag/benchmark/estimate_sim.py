@@ -165,10 +165,12 @@ def quiet_diffusers() -> Iterator[None]:
 
 
 def as_on_cuda(pipe: DragPipeline) -> None:
-    """The settings a CUDA pipeline has (``DragPipeline.__init__``): fused Adam, channels_last, the
-    text encoders on the host, which is :data:`HOST_STAND_IN` here."""
+    """The settings a CUDA pipeline has (``DragPipeline.__init__``): fused Adam, channels_last (a
+    UNet's; a transformer stays as it is), the text encoders on the host, which is
+    :data:`HOST_STAND_IN` here."""
     pipe.fused_adam = True
-    pipe.unet.to(memory_format=torch.channels_last)
+    if not pipe.denoiser.flow:
+        pipe.unet.to(memory_format=torch.channels_last)
     pipe.offload_device = HOST_STAND_IN
     for module in backbone.text_encoders(pipe.sd):
         module.to(pipe.offload_device if pipe.offload_text_encoders else pipe.device)
@@ -308,10 +310,10 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 @dataclass(frozen=True)
 class Request:
-    """What ``gooddrag bench estimate`` is asked: an architecture (``sd15``, ``sd21``, ``sdxl`` or a
-    diffusers folder), a working resolution, a method (its preset for the backbone), a dtype,
-    ``--low-memory``, a LoRA batch size (the preset's when None) and a LoRA micro-batch (the
-    pipeline's default when None)."""
+    """What ``gooddrag bench estimate`` is asked: an architecture (``sd15``, ``sd21``, ``sdxl``,
+    ``sd35-medium``, ``flux1-dev`` or a diffusers folder), a working resolution, a method (its preset
+    for the backbone), a dtype, ``--low-memory``, a LoRA batch size (the preset's when None) and a
+    LoRA micro-batch (the pipeline's default when None)."""
 
     model: str = "sd15"
     resolution: int | None = None
@@ -329,9 +331,9 @@ class Request:
 
 
 def model_configs(model: str) -> dict[str, Any]:
-    from .estimate_models import builtin_configs, folder_configs  # the builders' config tables
+    from .estimate_models import BUILTIN, builtin_configs, folder_configs  # the builders' config tables
 
-    return builtin_configs(model) if model in ("sd15", "sd21", "sdxl") else folder_configs(model)
+    return builtin_configs(model) if model in BUILTIN else folder_configs(model)
 
 
 def request_config(request: Request, kind: str) -> DragConfig:
@@ -458,5 +460,7 @@ def working_side(pipe: DragPipeline, config: DragConfig) -> int:
 
 
 def _models(pipe: DragPipeline) -> dict[str, torch.nn.Module]:
-    names = ["text_encoder", "text_encoder_2"] if pipe.kind == backbone.SDXL else ["text_encoder"]
-    return {"unet": pipe.unet, "vae": pipe.vae, **{n: getattr(pipe.sd, n) for n in names}}
+    """The pipeline's models by their component names (``unet`` or ``transformer``, ``vae``, the text encoders)."""
+    names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    encoders = {n: getattr(pipe.sd, n) for n in names if getattr(pipe.sd, n, None) is not None}
+    return {"transformer" if pipe.denoiser.flow else "unet": pipe.unet, "vae": pipe.vae, **encoders}
