@@ -124,7 +124,7 @@ def build_sd15(device: torch.device, seed: int = 0):
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from gooddrag.models.tiny import _tiny_vocab
+    from gooddrag.models.tiny import tiny_vocab
 
     torch.manual_seed(seed)
     with torch.device(device):  # initialise on the GPU: seconds, not minutes
@@ -135,7 +135,7 @@ def build_sd15(device: torch.device, seed: int = 0):
         unet.conv_out.weight.mul_(0.02)
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, unet=unet, scheduler=DDIMScheduler(**SD15_SCHEDULER_CONFIG),
-        tokenizer=CLIPTokenizer(vocab=_tiny_vocab(), merges=[], model_max_length=77),
+        tokenizer=CLIPTokenizer(vocab=tiny_vocab(), merges=[], model_max_length=77),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
 

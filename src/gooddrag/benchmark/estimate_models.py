@@ -62,7 +62,7 @@ from ..core.ddim import SD15_SCHEDULER_CONFIG
 from ..errors import GoodDragError
 from ..models import backbone
 from ..models.sdxl import SDXL_BASE_UNET_CONFIG
-from ..models.tiny import _tiny_vocab
+from ..models.tiny import tiny_vocab
 from ..models.tiny_dit import FLUX_SCHEDULER_CONFIG, FLUX_VAE, SD3_SCHEDULER_CONFIG, SD3_VAE, tiny_t5
 from ..models.tiny_sdxl import SDXL_SCHEDULER_CONFIG
 
@@ -288,7 +288,7 @@ def stand_in_t5_tokenizer():
 
 
 def _clip_tokenizer() -> CLIPTokenizer:
-    return CLIPTokenizer(vocab=_tiny_vocab(), merges=[], model_max_length=77)
+    return CLIPTokenizer(vocab=tiny_vocab(), merges=[], model_max_length=77)
 
 
 def _scheduler(configs: dict[str, Any]):

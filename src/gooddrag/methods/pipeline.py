@@ -431,12 +431,17 @@ class DragPipeline:
         ``(z - vae.config.shift_factor) * vae.config.scaling_factor`` (no shift on SD and SDXL)."""
         with backbone.vae_precision(self.vae) as vae_dtype:
             dist = self.vae.encode(self.image_tensor(image).to(vae_dtype)).latent_dist
-        return (dist.mean.float() - self.latent_shift) * self.vae.config.scaling_factor
+        mean = dist.mean.float()
+        if self.latent_shift:  # SD3/FLUX only: SD and SDXL run exactly the operators they ran before
+            mean = mean - self.latent_shift
+        return mean * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
         """(B, c, h, w) latents -> B PIL images."""
-        z = latents / self.vae.config.scaling_factor + self.latent_shift
+        z = latents / self.vae.config.scaling_factor
+        if self.latent_shift:
+            z = z + self.latent_shift
         with backbone.vae_precision(self.vae) as vae_dtype:
             out = self.vae.decode(z.to(vae_dtype)).sample
         return self.sd.image_processor.postprocess(out.float(), output_type="pil")

@@ -210,8 +210,7 @@ def train_lora(
     model_call = model_call or unet_call(unet)
     optimizer = torch.optim.AdamW(params, lr=config.lora_lr, weight_decay=config.lora_weight_decay,
                                   fused=True if fused_adam else None)
-    bsz = config.lora_batch_size
-    mean, std = latent_dist.mean.float(), latent_dist.std.float()  # (1, 4, h, w)
+    bsz, mean, std = config.lora_batch_size, latent_dist.mean.float(), latent_dist.std.float()  # std: (1, c, h, w)
     cond, added = batch_conditioning(text_embeddings, added_cond_kwargs, bsz, model_dtype)
     autocast = torch.autocast(device.type, dtype=model_dtype, enabled=model_dtype != torch.float32)
     draws = draw_training_noise(config.lora_steps, (bsz, *mean.shape[1:]), scheduler.config.num_train_timesteps,
@@ -219,7 +218,8 @@ def train_lora(
     losses: list[torch.Tensor] = []
     unet.train()
     for step, (eps_latent, noise, timesteps) in enumerate(draws):
-        latents = (mean + std * eps_latent - shift_factor) * scaling_factor  # (B, 4, h, w)
+        latents = mean + std * eps_latent  # (B, c, h, w)
+        latents = ((latents - shift_factor) if shift_factor else latents) * scaling_factor
         noisy, target, t = noisy_and_target(scheduler, latents, noise, timesteps)
         optimizer.zero_grad(set_to_none=True)  # before the forward pass: last step's gradients freed sooner
         loss = accumulate_gradient(model_call, noisy.to(model_dtype), t, cond, added, target, autocast, micro_batch)

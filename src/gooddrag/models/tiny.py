@@ -28,7 +28,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ..core.ddim import SD15_SCHEDULER_CONFIG
 
-__all__ = ["make_tiny_pipeline", "save_tiny_pipeline"]
+__all__ = ["make_tiny_pipeline", "save_tiny_pipeline", "tiny_vocab"]
 
 
 def _byte_unicode_alphabet() -> list[str]:
@@ -44,7 +44,7 @@ def _byte_unicode_alphabet() -> list[str]:
     return [chr(c) for c in cs]
 
 
-def _tiny_vocab() -> dict[str, int]:
+def tiny_vocab() -> dict[str, int]:
     """A character-level CLIP vocabulary (used with no merges): every byte and byte+"</w>"."""
     alphabet = _byte_unicode_alphabet()
     vocab = {ch: i for i, ch in enumerate(alphabet)}
@@ -111,7 +111,7 @@ def make_tiny_pipeline(seed: int = 0):
     )
     # The SD1.5 scheduler settings (docs/method.md, "Pipeline" 5).
     scheduler = DDIMScheduler(**SD15_SCHEDULER_CONFIG)
-    tokenizer = CLIPTokenizer(vocab=_tiny_vocab(), merges=[], model_max_length=77)
+    tokenizer = CLIPTokenizer(vocab=tiny_vocab(), merges=[], model_max_length=77)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -44,7 +44,7 @@ from transformers import (
     T5EncoderModel,
 )
 
-from .tiny import _tiny_vocab, tiny_vae
+from .tiny import tiny_vocab, tiny_vae
 
 __all__ = ["make_tiny_sd3_pipeline", "make_tiny_flux_pipeline", "save_tiny_dit_pipeline",
            "SD3_SCHEDULER_CONFIG", "FLUX_SCHEDULER_CONFIG"]
@@ -66,7 +66,7 @@ def tiny_clip(width: int, projection: bool, max_length: int = 77, projection_dim
                             num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77,
                             projection_dim=projection_dim, bos_token_id=512, eos_token_id=513, pad_token_id=513)
     model = CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
-    return model, CLIPTokenizer(vocab=_tiny_vocab(), merges=[], model_max_length=max_length)
+    return model, CLIPTokenizer(vocab=tiny_vocab(), merges=[], model_max_length=max_length)
 
 
 def tiny_t5(max_length: int = 16):
@@ -82,7 +82,7 @@ def tiny_t5(max_length: int = 16):
                                         unk_token="<unk>", model_max_length=max_length)
     config = T5Config(vocab_size=len(vocab) + 2, d_model=T5_WIDTH, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
                       relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    return T5EncoderModel(config), tokenizer
+    return T5EncoderModel(config).eval(), tokenizer  # eval: no dropout, as a loaded one
 
 
 def make_tiny_sd3_pipeline(seed: int = 0, t5: bool = False, max_length: int = 77, transformer=None,

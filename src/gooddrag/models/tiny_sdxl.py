@@ -44,7 +44,7 @@ from transformers import (
     CLIPTokenizer,
 )
 
-from .tiny import _tiny_vocab, tiny_vae
+from .tiny import tiny_vocab, tiny_vae
 
 __all__ = ["make_tiny_sdxl_pipeline", "save_tiny_sdxl_pipeline", "SDXL_SCHEDULER_CONFIG"]
 
@@ -95,8 +95,8 @@ def make_tiny_sdxl_pipeline(seed: int = 0):
     vae = tiny_vae(scaling_factor=0.13025, force_upcast=True)  # SDXL's VAE config values
     text_encoder = CLIPTextModel(_clip_config(_WIDTH_1, _WIDTH_1))
     text_encoder_2 = CLIPTextModelWithProjection(_clip_config(_WIDTH_2, _POOLED))
-    tokenizer = CLIPTokenizer(vocab=_tiny_vocab(), merges=[], model_max_length=77)
-    tokenizer_2 = CLIPTokenizer(vocab=_tiny_vocab(), merges=[], model_max_length=77)
+    tokenizer = CLIPTokenizer(vocab=tiny_vocab(), merges=[], model_max_length=77)
+    tokenizer_2 = CLIPTokenizer(vocab=tiny_vocab(), merges=[], model_max_length=77)
     return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
