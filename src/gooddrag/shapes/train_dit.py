@@ -150,7 +150,7 @@ CLIPs (8 tokens each).
 |---|---|
 | training command | `{rec['command']}` |
 | data | {a['scenes']} random scenes (seed {a['seed']}) and their mirror images |
-| autoencoder | shapes-64's, reused, not retrained (`{rec['vae_from']}`): reconstruction PSNR {rec['vae_recon_psnr_db']} dB; shift_factor {rec['shift_factor']:.4f}, scaling_factor {rec['scaling_factor']:.4f} (the latents' mean and 1 / std) |
+| autoencoder | shapes-64's, reused, not retrained (`{Path(rec['vae_from']).name}`): reconstruction PSNR {rec['vae_recon_psnr_db']} dB; shift_factor {rec['shift_factor']:.4f}, scaling_factor {rec['scaling_factor']:.4f} (the latents' mean and 1 / std) |
 | transformer | width {c['num_attention_heads'] * c['attention_head_dim']} ({c['num_attention_heads']} heads of {c['attention_head_dim']}), {c['num_layers']} joint blocks, patch {c['patch_size']}, 16x16x{c['in_channels']} latents = 8x8 tokens; {rec['parameters'] / 1e6:.2f} M parameters |
 | objective | rectified flow (Esser et al. 2024): `x_s = (1 - s) x0 + s eps`, target `eps - x0`, s logit-normal (0, 1), scheduler shift {a['shift']:g}; {a['steps']} steps x batch {a['batch']}, AdamW {a['lr']:g} cosine, gradient clip 1, EMA 0.999 |
 | final loss | {rec['final_loss']:.4f} (mean of the last 200 steps) |
