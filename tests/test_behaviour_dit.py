@@ -5,7 +5,8 @@ GoodDrag on shapes-dit-64 must move the object and keep the outside of the mask;
 optimiser step the object stays, and without the background term the outside is lost. Every bound
 is a measured value with a margin (the measured values in the comments; the runs: the
 shapes-dit-gooddrag preset as shipped, LoRA seed 0, the case make_case(0, 64, "single"), the same
-case as tests/test_behaviour.py's single-0). The three runs share one LoRA (same settings).
+case as tests/test_behaviour.py's single-0). The three runs share one LoRA (same settings); about
+35 s on one torch thread.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from gooddrag.shapes.benchmark import edit_case, load_shapes_pipeline
 from gooddrag.shapes.metrics import case_metrics
 from gooddrag.shapes.scenes import make_case
 
-MAX_RELATIVE_ERROR = 0.40
-"""Measured MEASURED_ERROR (shapes-dit-gooddrag on single-0); no drag leaves about 1."""
-MIN_PSNR_OUTSIDE_MASK = 28.0
-"""dB; measured MEASURED_OUTSIDE."""
-MIN_ERROR_WITHOUT_STEP = 0.7
-"""Relative error with an optimiser step of 1e-9 (lr 0 is refused): measured MEASURED_NO_STEP."""
-MIN_BACKGROUND_TERM_GAIN_DB = 3.0
-"""PSNR outside the mask with the preset's lam minus with lam 0: measured MEASURED_GAIN."""
+MAX_RELATIVE_ERROR = 0.5
+"""Measured 0.268 (shapes-dit-gooddrag on single-0; shapes-64's GoodDrag: 0.105); no drag leaves 1."""
+MIN_PSNR_OUTSIDE_MASK = 29.0
+"""dB; measured 32.64."""
+MIN_ERROR_WITHOUT_STEP = 0.8
+"""Relative error with an optimiser step of 1e-9 (lr 0 is refused): measured 1.00 (the object stays)."""
+MIN_BACKGROUND_TERM_GAIN_DB = 5.0
+"""PSNR outside the mask with the preset's lam minus with lam 0: measured 32.64 - 22.06 = 10.6 dB."""
 
 
 @pytest.fixture(scope="module")
