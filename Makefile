@@ -20,7 +20,7 @@ demo: $(STAMP)
 # The second line re-runs the goldens and other kernel-sensitive tests on the oldest x86-64 kernel
 # set torch ships (tests/golden/kernels.py, "default": ATen, MKL and oneDNN all capped), so a golden
 # that holds only on the machine that made it fails here, not on a user's machine.
-KERNEL_TESTS := tests/test_golden.py tests/test_behaviour.py tests/test_behaviour_dit.py \
+KERNEL_TESTS := tests/test_golden.py tests/test_behaviour.py \
 	tests/test_sdxl.py::test_sd_output_unchanged_to_float_noise \
 	tests/test_speed.py::test_benchmark_script_on_the_tiny_model_writes_every_phase_of_every_path
 

@@ -216,8 +216,9 @@ def test_presets_that_do_not_fit_the_transformer_and_unsupported_methods_are_ref
 
 
 # ------------------------------------------------------------------ end to end
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("method", ["gooddrag", "dragdiffusion", "gooddrag-plus"])
+@pytest.mark.parametrize("kind, method", [(kind, method) for kind in ("sd3", "flux")
+                                           for method in ("gooddrag", "dragdiffusion", "gooddrag-plus")]
+                         + [("sd3-t5", "gooddrag")])  # T5 changes the conditioning only: one method
 def test_every_supported_method_edits_on_every_transformer(loaded, tmp_path, kind, method):
     pipe = loaded[kind]
     mask = np.zeros((64, 64), bool)

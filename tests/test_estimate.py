@@ -148,6 +148,7 @@ def test_the_fake_transformer_counts_what_the_real_one_does(kind, tmp_path):
     assert 0 <= real["decode"].ops - sim["decode"].ops <= 4
 
 
+@pytest.mark.slow  # 8 s; the extrapolation itself is checked on the tiny SD model in the default run
 def test_extrapolation_is_exact_on_the_tiny_sd3():
     pipe = _loaded_tiny_dit("sd3-t5")
     base = _dit_config(pipe, E.Schedule(3, 4, 3, 3, 3))  # each count above the short runs' (kept small: seconds)
