@@ -361,10 +361,13 @@ def _pixels(data: bytes) -> np.ndarray:
 def _served_pixels(page, src: str) -> np.ndarray | None:
     """The picture at ``src``, or None when the body is not a whole picture: gradio writes an
     identical points view to the same cached file name, and a fetch that meets the rewrite gets a
-    cut-short body (seen once in CI: "Too much data for declared Content-Length"). Callers poll."""
+    cut-short body or is aborted (seen in CI and here: "Too much / too little data for declared
+    Content-Length"). Callers poll."""
+    from playwright.sync_api import Error as PlaywrightError  # the fetch itself cut short ("aborted")
+
     try:
         return _pixels(page.request.get(src).body())
-    except (OSError, Image.UnidentifiedImageError):
+    except (OSError, Image.UnidentifiedImageError, PlaywrightError):
         return None
 
 
