@@ -24,8 +24,9 @@ from ..errors import GoodDragError
 from . import dit
 from .attention import mutual_self_attention
 from .features import FeatureHook
+from .lora import TARGET_MODULES
 
-UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+UNET_LORA_TARGETS = tuple(TARGET_MODULES)
 """The authors' LoRA layers (docs/method.md, "Pipeline" 3): every attention projection of the UNet."""
 DIT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 """Ours: on an MMDiT the text stream has its own projections (``add_*``); on the UNet the same list

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import apply_rotary_emb
 
 from ..errors import GoodDragError
+from .features import FeatureHook
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -132,11 +133,11 @@ def mutual_joint_attention(transformer, start_layer: int, flux: bool) -> Iterato
             handle.remove()
 
 
-class TokenFeatureHook:
-    """Keeps the image tokens output by one transformer block in the latest forward pass, as a map.
+class TokenFeatureHook(FeatureHook):
+    """Keeps the image tokens output by one transformer block in the latest forward pass, as a map
+    (:class:`gooddrag.models.features.FeatureHook`, whose context manager and ``features`` it keeps).
 
     ``grid()`` gives that pass's token grid (h', w') (the denoiser knows it from the latent's size).
-    Use as a context manager; the hook is removed on exit.
     """
 
     def __init__(self, blocks: torch.nn.ModuleList, block_index: int, grid: Callable[[], tuple[int, int]]):
@@ -152,18 +153,3 @@ class TokenFeatureHook:
         tokens = output[1]  # (B, N, C) image tokens; output[0] is the text stream
         h, w = self.grid()
         self.output = tokens.transpose(1, 2).unflatten(2, (h, w))  # (B, C, h', w')
-
-    def __enter__(self) -> "TokenFeatureHook":
-        self._handle = self.block.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-
-    def features(self, size: tuple[int, int]) -> torch.Tensor:
-        """Latest image tokens as (B, C, h', w'), bilinearly resized to ``size`` (supervision grid), fp32."""
-        if self.output is None:
-            raise RuntimeError("no transformer forward pass has run inside this feature hook")
-        return F.interpolate(self.output.float(), size=size, mode="bilinear")

@@ -60,7 +60,7 @@ class FeatureHook:
     def features(self, size: tuple[int, int]) -> torch.Tensor:
         """Latest block output (B, C, h', w'), bilinearly resized to ``size`` (supervision grid), fp32."""
         if self.output is None:
-            raise RuntimeError("no UNet forward pass has run inside this FeatureHook")
+            raise RuntimeError("no forward pass of the network has run inside this feature hook")
         return F.interpolate(self.output.float(), size=size, mode="bilinear")
 
 

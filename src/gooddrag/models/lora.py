@@ -203,9 +203,7 @@ def train_lora(
     ``(z - shift) * scale``; a flow ``scheduler`` trains on the flow objective (:func:`noisy_and_target`).
     """
     device, model_dtype = text_embeddings.device, unet.dtype
-    # diffusers' add_noise moves the scheduler's alphas_cumprod to the device for
-    # good; the caller's schedule maths (make_schedule) must keep its CPU copy.
-    scheduler = copy.deepcopy(scheduler)
+    scheduler = training_scheduler(scheduler, device)
     params = attach_fresh_lora(unet, config.lora_rank, generator, target_modules)
     model_call = model_call or unet_call(unet)
     optimizer = torch.optim.AdamW(params, lr=config.lora_lr, weight_decay=config.lora_weight_decay,
@@ -304,6 +302,18 @@ def draw_training_noise(steps: int, shape: tuple[int, ...], num_train_timesteps:
     return list(zip(all_eps, all_noise, all_t))
 
 
+def training_scheduler(scheduler, device):
+    """The LoRA's own copy of ``scheduler``: diffusers' add_noise moves a DDPM scheduler's
+    alphas_cumprod to the device for good, and the caller's schedule maths (make_schedule) must keep
+    its CPU copy; a flow scheduler is made afresh (the caller's holds set_timesteps' sigmas, not the
+    training table), its table on the device once rather than every step."""
+    if not is_flow(scheduler):
+        return copy.deepcopy(scheduler)
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.sigmas = fresh.sigmas.to(device)
+    return fresh
+
+
 def unet_call(unet) -> ModelCall:
     """The UNet's call as :func:`train_lora` makes it."""
     return lambda noisy, t, cond, added: unet(noisy, t, encoder_hidden_states=cond, added_cond_kwargs=added).sample
@@ -324,12 +334,12 @@ def noisy_and_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, inde
     Flow matching (Esser et al. 2024, eq. 1-2; diffusers' SD3/FLUX DreamBooth scripts): sigma =
     the scheduler's training table at ``index`` (shifted as the model was trained), ``x = (1 -
     sigma) x0 + sigma noise``, target ``noise - x0``, timestep ``sigma x 1000``. The index is drawn
-    uniformly as for the UNet models (the scripts' default is the logit-normal density).
+    uniformly as for the UNet models (the scripts' default is the logit-normal density). A flow
+    ``scheduler`` must hold its training table (a fresh one: ``set_timesteps`` replaces it).
     """
     if not is_flow(scheduler):
         return scheduler.add_noise(latents, noise, index), training_target(scheduler, latents, noise, index), index
-    table = type(scheduler).from_config(scheduler.config)  # the training table (set_timesteps changes it)
-    sigma = table.sigmas.to(latents.device)[index].view(-1, *([1] * (latents.dim() - 1)))
+    sigma = scheduler.sigmas.to(latents.device)[index].view(-1, *([1] * (latents.dim() - 1)))
     return (1.0 - sigma) * latents + sigma * noise, noise - latents, sigma.flatten() * 1000
 
 
